@@ -1,0 +1,83 @@
+"""Named passes over an ONNX model, each recorded in the manifest with its parameters.
+
+A pass is a function `(ir.Model, **params) -> dict` (details for the manifest); `run_passes` applies a list
+of `(name, params)` in order and returns the records, e.g.
+`[{"name": "share_transposed_initializers", "params": {}, "result": {"removed": ["val_458"]}}]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import common as ir_common
+
+from modelkiln.graphs.tied_weights import share_transposed_initializers
+from modelkiln.runtime.errors import ModelkilnError
+
+
+def _share_transposed(model: ir.Model) -> dict[str, Any]:
+    return {"removed": share_transposed_initializers(model)}
+
+
+def _deduplicate_initializers(model: ir.Model) -> dict[str, Any]:
+    """Initializers with identical dtype, shape and bytes become one (e.g. repeated rotary tables).
+
+    Our own rather than onnx_ir's DeduplicateHashedInitializersPass, which rejects the non-contiguous
+    arrays torch.export hands over.
+    """
+    graph = model.graph
+    seen: dict[tuple, ir.Value] = {}
+    removed = 0
+    for name, value in list(graph.initializers.items()):
+        if value.const_value is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        array = value.const_value.numpy()
+        # subtle: take the shape before ascontiguousarray, which turns a 0-d array into shape (1,)
+        key = (array.dtype.str, array.shape, hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest())
+        keep = seen.setdefault(key, value)
+        if keep is not value:
+            value.replace_all_uses_with(keep)
+            graph.initializers.pop(name)
+            removed += 1
+    return {"removed": removed}
+
+
+def _remove_unused(model: ir.Model) -> dict[str, Any]:
+    before = model.graph.num_nodes()
+    ir_common.RemoveUnusedNodesPass()(model)
+    return {"removed_nodes": before - model.graph.num_nodes()}
+
+
+def _topological_sort(model: ir.Model) -> dict[str, Any]:
+    ir_common.TopologicalSortPass()(model)
+    return {}
+
+
+PASSES: dict[str, Callable[..., dict[str, Any]]] = {
+    "share_transposed_initializers": _share_transposed,
+    "deduplicate_initializers": _deduplicate_initializers,
+    "remove_unused": _remove_unused,
+    "topological_sort": _topological_sort,
+}
+
+# What every exported graph gets: store tied weights once, drop exact duplicates, tidy up.
+EXPORT_PASSES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("share_transposed_initializers", {}),
+    ("deduplicate_initializers", {}),
+    ("remove_unused", {}),
+    ("topological_sort", {}),
+)
+
+
+def run_passes(model: ir.Model, passes: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    records = []
+    for name, params in passes:
+        if name not in PASSES:
+            raise ModelkilnError(f"unknown graph pass {name!r}; known passes: {', '.join(sorted(PASSES))}")
+        result = PASSES[name](model, **params)
+        records.append({"name": name, "params": dict(params), "result": result})
+    return records

@@ -1,0 +1,8 @@
+"""modelkiln.runtime: load an artifact and serve it with numpy + onnxruntime only.
+
+Never imports torch, transformers or tokenizers (tests/runtime/test_import_isolation.py proves it).
+"""
+
+from modelkiln.runtime.errors import ArtifactError, ModelkilnError
+
+__all__ = ["ArtifactError", "ModelkilnError"]
