@@ -1,0 +1,155 @@
+"""The `modelkiln` command line.
+
+Exit codes: 0 ok, 1 parity failure, 2 bad input or usage (one line on stderr, no traceback unless --debug),
+3 an internal error (a bug: one line, re-run with --debug for the traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from modelkiln.runtime.errors import ModelkilnError
+
+EXIT_PARITY, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
+
+
+class _Group(click.Group):
+    """Turns ModelkilnError into `error: ...` + exit 2, and unexpected errors into one line + exit 3."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except ModelkilnError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"internal error: {type(e).__name__}: {first} (re-run with --debug for the traceback)",
+                       err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.version_option(package_name="modelkiln")
+@click.pass_context
+def cli(ctx, debug):
+    """modelkiln: export Hugging Face models to ONNX artifacts, serve them without PyTorch, prove parity."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _parse_tolerances(items: tuple[str, ...]):
+    from modelkiln.validate.compare import Tolerance
+
+    table = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        parts = values.split(",")
+        try:
+            if not sep or not name or len(parts) > 2:
+                raise ValueError
+            atol = float(parts[0])
+            rtol = float(parts[1]) if len(parts) == 2 else 0.0
+            table[name] = Tolerance(atol=atol, rtol=rtol)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}; write NAME=ATOL[,RTOL], e.g. 'logits=1e-3,1e-3' or "
+                                     "'present.*=1e-4'", param_hint="--tolerance") from None
+    return table
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--task", default="text-generation", show_default=True, help="What the artifact does.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--validate", "run_validate", is_flag=True, help="Validate against eager PyTorch, store parity.*")
+@click.option("--trust-remote-code", is_flag=True, help="Run modeling code shipped with the checkpoint.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for a Hub id.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output (CI logs).")
+def export(source, output, task, dtype, opset, force, run_validate, trust_remote_code, revision, quiet):
+    """Export SOURCE (checkpoint dir, .gguf file or Hub id) to the artifact directory OUTPUT."""
+    from modelkiln.exporter.export import ExportOptions, export as do_export
+
+    options = ExportOptions(task=task, dtype=dtype, opset=opset, force=force, validate=run_validate, quiet=quiet,
+                            trust_remote_code=trust_remote_code, revision=revision)
+    out = do_export(source, output, options)
+    if run_validate:
+        from modelkiln.validate.report import ParityReport
+
+        report = ParityReport.from_json((out / "parity.json").read_text(encoding="utf-8"))
+        if not report.passed:
+            sys.exit(EXIT_PARITY)
+    if not quiet:
+        click.echo(f"artifact written to {out}", err=True)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--reference", required=True, help="The SOURCE the artifact was exported from.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write the Markdown report here.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML here (one test case per case).")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="NAME=ATOL[,RTOL]",
+              help="Override a tolerance per output name or glob, e.g. 'present.*=1e-3,1e-3'. Repeatable.")
+@click.option("--new-tokens", default=32, show_default=True, help="Greedy tokens compared per generation case.")
+@click.option("--save/--no-save", default=True, show_default=True,
+              help="Also store parity.json/parity.md in the artifact.")
+@click.option("--quiet", "-q", is_flag=True, help="Only the summary line.")
+@click.pass_context
+def validate(ctx, artifact, reference, json_path, markdown, junit, tolerances, new_tokens, save, quiet):
+    """Compare ARTIFACT with eager PyTorch on REFERENCE; exit 1 when parity fails."""
+    from modelkiln.exporter.progress import quiet_libraries
+    from modelkiln.runtime.artifact import Artifact
+    from modelkiln.validate import validate as do_validate
+
+    table = _parse_tolerances(tolerances)
+    art = Artifact.load(artifact)
+    quiet_libraries(True)
+    report = do_validate(art, reference, tolerances=table, new_tokens=new_tokens, quiet=quiet,
+                         debug=ctx.obj.get("debug", False))
+    report.write(json=json_path, markdown=markdown, junit=junit)
+    if save:
+        report.write(json=art.root / "parity.json", markdown=art.root / "parity.md")
+    click.echo(report.lines(verbose=False)[-1])
+    sys.exit(0 if report.passed else EXIT_PARITY)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the artifact files.")
+def inspect(artifact, as_json, no_verify):
+    """Describe ARTIFACT: task, I/O signature, KV-cache layout, sizes, versions."""
+    from modelkiln.exporter.inspect import describe
+    from modelkiln.runtime.artifact import Artifact
+
+    art = Artifact.load(artifact, verify="size" if no_verify else "full")
+    if as_json:
+        import json
+
+        click.echo(json.dumps(art.manifest, indent=2))
+    else:
+        click.echo(describe(art))
+
+
+def main(argv=None) -> None:
+    cli.main(args=argv, prog_name="modelkiln", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main()

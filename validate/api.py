@@ -1,0 +1,95 @@
+"""`validate(artifact, reference) -> ParityReport`: eager PyTorch vs the artifact's graph on onnxruntime (CPU).
+
+    report = validate("smollm2/", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    print("\\n".join(report.lines())); report.passed
+
+`reference` is a SOURCE (as `modelkiln export` takes it) or an already loaded `LoadedModel` (what
+`export --validate` passes, to avoid a second load). A reference whose architecture or weights differ from
+the artifact's source is refused with a `ModelkilnError` rather than reported as a parity failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from modelkiln.runtime.artifact import Artifact
+from modelkiln.runtime.errors import ModelkilnError
+from modelkiln.validate.compare import Tolerance, resolve_tolerance
+from modelkiln.validate.report import ParityReport
+
+
+def _load_reference(reference, artifact: Artifact):
+    from modelkiln.exporter.sources import LoadedModel, load_source, resolve_source, source_file_hashes
+
+    if isinstance(reference, LoadedModel):
+        loaded = reference
+    else:
+        source = resolve_source(str(reference))
+        _check_weights_match(artifact, source_file_hashes(source), str(reference))
+        loaded = load_source(source, dtype="float32")
+    _check_architecture_match(artifact, loaded.config, loaded.source.spec)
+    model = loaded.model
+    import torch
+
+    if next(model.parameters()).dtype != torch.float32:  # judge a reduced-precision graph against fp32 eager
+        model = copy.deepcopy(model).float()
+    return loaded, model
+
+
+def _check_architecture_match(artifact: Artifact, config, reference: str) -> None:
+    from modelkiln.exporter.export import config_fingerprint
+
+    expected = artifact.manifest.get("source", {}).get("fingerprint", {})
+    actual = config_fingerprint(config)
+    diffs = [f"{k} {actual.get(k)!r} != {v!r}" for k, v in expected.items() if actual.get(k) != v]
+    if diffs:
+        raise ModelkilnError(
+            f"reference {reference!r} does not match the artifact ({'; '.join(diffs[:3])}); pass the checkpoint "
+            "the artifact was exported from")
+
+
+def _check_weights_match(artifact: Artifact, reference_hashes: dict, reference: str) -> None:
+    recorded = artifact.manifest.get("source", {}).get("files", {})
+    for name, meta in recorded.items():
+        other = reference_hashes.get(name)
+        if other is not None and other["sha256"] != meta["sha256"]:
+            raise ModelkilnError(
+                f"reference {reference!r} does not match the artifact: {name} differs from the exported one "
+                "(sha256); pass the checkpoint the artifact was exported from")
+
+
+def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: Mapping[str, Tolerance] | None = None,
+             new_tokens: int = 32, long_past: int = 512, quiet: bool = True, debug: bool = False) -> ParityReport:
+    from modelkiln.exporter.export import tool_versions
+    from modelkiln.runtime.decoder import DecoderLM
+    from modelkiln.validate.cases import default_cases
+    from modelkiln.validate.eager import EagerDecoder
+    from modelkiln.validate.runner import CaseContext, run_case
+
+    art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    if art.task != "text-generation":
+        raise ModelkilnError(f"validate does not support task {art.task!r} yet")
+    if new_tokens < 1:
+        raise ModelkilnError(f"--new-tokens must be at least 1, got {new_tokens}")
+    loaded, model = _load_reference(reference, art)
+    compiled = DecoderLM(art)
+    eager = EagerDecoder(model)
+    precision = art.precision
+    generation = art.manifest.get("generation", {})
+    ctx = CaseContext(eager, compiled, loaded.tokenizer, generation,
+                      lambda name: resolve_tolerance(name, precision, tolerances), model.config.vocab_size)
+    cases = default_cases(generation.get("context_length"), loaded.tokenizer is not None,
+                          bool(generation.get("chat_template")), new_tokens=new_tokens, long_past=long_past)
+    results = []
+    for case in cases:
+        result = run_case(ctx, case, debug=debug)
+        results.append(result)
+        if not quiet:
+            for line in result.lines(verbose=False):
+                print(line, flush=True)
+    table = {name: resolve_tolerance(name, precision, tolerances) for name in compiled.output_names}
+    return ParityReport(artifact=str(Path(art.root)), reference=str(loaded.source.spec), task=art.task,
+                        precision=precision, tolerances=table, cases=results, versions=tool_versions())
