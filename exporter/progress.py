@@ -46,8 +46,11 @@ class Progress:
 def quiet_libraries(quiet: bool) -> None:
     """transformers and huggingface_hub draw their own tqdm bars; keep CI logs clean with --quiet."""
     if quiet:
+        import os
+
         import transformers
 
+        os.environ["TQDM_DISABLE"] = "1"  # GGUF de-quantization draws a bare tqdm bar transformers cannot silence
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
     sys.stderr.flush()

