@@ -4,6 +4,6 @@
     export("path/to/checkpoint", "artifact/", ExportOptions(task="text-generation", validate=True))
 """
 
-from modelkiln.exporter.export import ExportOptions, export
+from modelkiln.exporter.api import ExportOptions, export
 
 __all__ = ["ExportOptions", "export"]

@@ -171,8 +171,15 @@ def load_source(source: Source, *, auto_class: str = "AutoModelForCausalLM", dty
     cls = getattr(transformers, auto_class)
     torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     try:
-        model = cls.from_pretrained(name, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                    attn_implementation=attn_implementation, **kwargs)
+        try:
+            model = cls.from_pretrained(name, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                        attn_implementation=attn_implementation, **kwargs)
+        except ValueError as e:
+            if "attention implementation" not in str(e):
+                raise
+            # families without an SDPA path (transformers says so) run their own eager attention
+            model = cls.from_pretrained(name, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                        attn_implementation="eager", **kwargs)
     except OSError as e:
         raise _wrap_os_error(source, e) from None
     except (ValueError, RuntimeError, KeyError) as e:

@@ -40,7 +40,7 @@ def _load_reference(reference, artifact: Artifact):
 
 
 def _check_architecture_match(artifact: Artifact, config, reference: str) -> None:
-    from modelkiln.exporter.export import config_fingerprint
+    from modelkiln.exporter.api import config_fingerprint
 
     expected = artifact.manifest.get("source", {}).get("fingerprint", {})
     actual = config_fingerprint(config)
@@ -63,7 +63,7 @@ def _check_weights_match(artifact: Artifact, reference_hashes: dict, reference: 
 
 def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: Mapping[str, Tolerance] | None = None,
              new_tokens: int = 32, long_past: int = 512, quiet: bool = True, debug: bool = False) -> ParityReport:
-    from modelkiln.exporter.export import tool_versions
+    from modelkiln.exporter.api import tool_versions
     from modelkiln.runtime.decoder import DecoderLM
     from modelkiln.validate.cases import default_cases
     from modelkiln.validate.eager import EagerDecoder

@@ -18,7 +18,7 @@ from typing import Any
 
 from modelkiln.exporter.artifact_writer import check_output, staging_directory, write_manifest
 from modelkiln.exporter.progress import Progress, quiet_libraries
-from modelkiln.exporter.sources import LoadedModel, load_source, resolve_source
+from modelkiln.exporter.sources import LoadedModel, load_config, load_source, resolve_source
 from modelkiln.runtime.errors import ModelkilnError
 
 TASK_ALIASES = {"text-generation": "text-generation", "causal-lm": "text-generation",
@@ -72,12 +72,12 @@ def export(source: str, output: str | Path, options: ExportOptions = ExportOptio
     quiet_libraries(options.quiet)
     progress = Progress(options.quiet)
 
-    with progress.step(f"loading {source}"):
-        loaded = load_source(src, dtype=DTYPES[options.dtype], trust_remote_code=options.trust_remote_code)
     from modelkiln.exporter.decoder import probe_kv_layout, trace_decoder
     from modelkiln.exporter.families import check_decoder_family
 
-    check_decoder_family(loaded.config)
+    with progress.step(f"loading {source}"):
+        check_decoder_family(load_config(src, options.trust_remote_code))  # refuse before loading weights
+        loaded = load_source(src, dtype=DTYPES[options.dtype], trust_remote_code=options.trust_remote_code)
     layout = probe_kv_layout(loaded.model)
     with progress.step(f"tracing {loaded.config.model_type} ({layout.num_layers} layers) to ONNX"):
         graph = trace_decoder(loaded.model, layout, opset=options.opset)
