@@ -103,7 +103,7 @@ def export(source: str, output: str | Path, options: ExportOptions = ExportOptio
             with progress.step("validating against eager PyTorch"):
                 report = validate(tmp, loaded, quiet=True)
                 report.write(json=tmp / "parity.json", markdown=tmp / "parity.md")
-            for line in report.lines():
+            for line in report.lines(verbose=False):
                 progress.info(line)
             if not report.passed:
                 progress.info(f"parity FAILED; the artifact and its report are in {output}")

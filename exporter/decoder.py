@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -120,6 +121,8 @@ def trace_decoder(model: torch.nn.Module, layout: KVLayout, opset: int = 18, ver
     input_names = ["input_ids", "attention_mask", "position_ids", *layout.input_names()]
     output_names = ["logits", *layout.output_names()]
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    if not verbose:  # "torchvision is not installed" warnings from the ONNX op registry are noise here
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         with sink, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

@@ -40,7 +40,7 @@ class Progress:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self._console.print(message)
+            self._console.print(message, soft_wrap=True, markup=False)
 
 
 def quiet_libraries(quiet: bool) -> None:

@@ -29,6 +29,10 @@ class KVCacheSpec:
     @classmethod
     def from_manifest(cls, kv: dict) -> KVCacheSpec:
         dtype = kv.get("dtype", "fp32")
+        if dtype == "bf16":
+            raise ArtifactError(
+                "this artifact is bf16: onnxruntime's CPU provider has no bf16 kernels; run or validate it with a "
+                "GPU provider, or re-export with --dtype fp16|fp32 for CPU")
         if dtype not in _NP_DTYPES:
             raise ArtifactError(f"KV-cache dtype {dtype!r} cannot be fed from numpy; re-export with --dtype fp32|fp16")
         return cls(kv["num_layers"], kv["num_kv_heads"], kv["head_dim"], kv.get("key_head_dim", kv["head_dim"]),
