@@ -190,9 +190,22 @@ def load_source(source: Source, *, auto_class: str = "AutoModelForCausalLM", dty
                 f"transformers; pick a task this checkpoint supports") from None
         raise ModelkilnError(f"cannot load the weights of {source.spec!r}: {first}") from None
     model.eval()
-    tokenizer = None
+    return LoadedModel(source, model, _load_tokenizer(source), source_file_hashes(source))
+
+
+_TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def _load_tokenizer(source: Source):
+    """The checkpoint's tokenizer; None only for a directory that ships no tokenizer files at all."""
+    import transformers
+
+    if source.kind == "directory" and not any((source.path / m).is_file() for m in _TOKENIZER_MARKERS):
+        return None  # weights-only checkpoint: exportable, the manifest records that it has no tokenizer
+    name, kwargs = source.pretrained_args
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
-    except (OSError, ValueError, TypeError, KeyError):
-        tokenizer = None  # a checkpoint without tokenizer files can still be exported; the manifest says so
-    return LoadedModel(source, model, tokenizer, source_file_hashes(source))
+        return transformers.AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelkilnError(f"cannot load the tokenizer of {source.spec!r}: {first}; fix or remove its tokenizer "
+                             "files") from None

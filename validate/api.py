@@ -74,7 +74,10 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
         raise ModelkilnError(f"validate does not support task {art.task!r} yet")
     if new_tokens < 1:
         raise ModelkilnError(f"--new-tokens must be at least 1, got {new_tokens}")
-    loaded, model = _load_reference(reference, art)
+    from modelkiln.exporter.progress import Progress
+
+    with Progress(quiet).step(f"loading reference {reference if isinstance(reference, (str, os.PathLike)) else ''}"):
+        loaded, model = _load_reference(reference, art)
     compiled = DecoderLM(art)
     eager = EagerDecoder(model)
     precision = art.precision

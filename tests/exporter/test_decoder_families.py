@@ -72,3 +72,22 @@ def test_tied_embedding_stored_once(tiny_checkpoint, tmp_path):
     embedding_sized = [i.name for i in graph.graph.initializer if sorted(i.dims) == [96, 1024]]
     assert len(embedding_sized) == 1, embedding_sized
     assert ParityReport.from_json((out / "parity.json").read_text()).passed
+
+
+def test_weights_only_checkpoint(tmp_path):
+    """No tokenizer files: still exportable; validation feeds random ids and the manifest says no tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from modelkiln.exporter import ExportOptions, export
+
+    torch.manual_seed(1)
+    config = Qwen3Config(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "ckpt")
+    out = export(str(tmp_path / "ckpt"), tmp_path / "art", ExportOptions(quiet=True, validate=True))
+    manifest = json.loads((out / "modelkiln.json").read_text())
+    assert manifest["tokenizer"]["files"] == []
+    report = ParityReport.from_json((out / "parity.json").read_text())
+    assert report.passed and not any(c.kind == "prompt" for c in report.cases)
+    assert any(c.name == "decode[b=1,past=62]" for c in report.cases)  # long past capped by the context
