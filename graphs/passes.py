@@ -24,25 +24,30 @@ def _share_transposed(model: ir.Model) -> dict[str, Any]:
 
 
 def _deduplicate_initializers(model: ir.Model) -> dict[str, Any]:
-    """Initializers with identical dtype, shape and bytes become one (e.g. repeated rotary tables).
+    """Initializers with identical dtype, shape and bytes become one (e.g. all-ones norm weights of a fresh
+    checkpoint, repeated rotary tables).
 
     Our own rather than onnx_ir's DeduplicateHashedInitializersPass, which rejects the non-contiguous
-    arrays torch.export hands over.
+    arrays torch.export hands over. Only tensors that share dtype and shape with another are hashed.
     """
     graph = model.graph
-    seen: dict[tuple, ir.Value] = {}
-    removed = 0
-    for name, value in list(graph.initializers.items()):
+    groups: dict[tuple, list[tuple[str, ir.Value]]] = {}
+    for name, value in graph.initializers.items():
         if value.const_value is None or value.is_graph_input() or value.is_graph_output():
             continue
-        array = value.const_value.numpy()
-        # subtle: take the shape before ascontiguousarray, which turns a 0-d array into shape (1,)
-        key = (array.dtype.str, array.shape, hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest())
-        keep = seen.setdefault(key, value)
-        if keep is not value:
-            value.replace_all_uses_with(keep)
-            graph.initializers.pop(name)
-            removed += 1
+        groups.setdefault((value.dtype, tuple(value.const_value.shape.numpy())), []).append((name, value))
+    removed = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        seen: dict[str, ir.Value] = {}
+        for name, value in members:
+            array = value.const_value.numpy()
+            keep = seen.setdefault(hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(), value)
+            if keep is not value:
+                value.replace_all_uses_with(keep)
+                graph.initializers.pop(name)
+                removed += 1
     return {"removed": removed}
 
 
