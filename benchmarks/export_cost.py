@@ -61,7 +61,7 @@ def main() -> None:
         if not args.skip_large:
             models.append(("random llama ~0.5B (28 layers)", lambda: (str(tmp / "large"), make_llama(
                 tmp / "large", vocab_size=49152, hidden_size=1024, intermediate_size=4096, num_hidden_layers=28,
-                num_attention_heads=16, num_key_value_heads=8, tie_word_embeddings=True)))))
+                num_attention_heads=16, num_key_value_heads=8, tie_word_embeddings=True))))
         for label, build in models:
             source, params = build()
             start = time.perf_counter()
