@@ -4,5 +4,6 @@ Never imports torch, transformers or tokenizers (tests/runtime/test_import_isola
 """
 
 from modelkiln.runtime.errors import ArtifactError, ModelkilnError
+from modelkiln.runtime.tokenizer import Tokenizer
 
-__all__ = ["ArtifactError", "ModelkilnError"]
+__all__ = ["ArtifactError", "ModelkilnError", "Tokenizer"]

@@ -1,7 +1,12 @@
 """A decoder-only artifact graph as a callable: one forward step over explicit KV-cache tensors.
 
     lm = DecoderLM.load("smollm2/")
-    logits, cache = lm.forward(input_ids, attention_mask, position_ids, lm.empty_cache(batch=1))
+    logits, cache = lm.forward(input_ids, attention_mask, position_ids, lm.empty_cache(batch=1))   # numpy cache
+    logits, cache = lm.step(input_ids, attention_mask, position_ids, None)                          # OrtValue cache
+
+`forward` exchanges numpy arrays (what validation wants). `step` is the serving path: through IOBinding, each
+step's `present.*` outputs stay OrtValues and are bound as the next step's `past_key_values.*` inputs, so the
+cache never round-trips through numpy (no per-step copies of it in Python); only the logits come back.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 
 from modelkiln.runtime.artifact import Artifact
 from modelkiln.runtime.errors import ArtifactError
@@ -61,6 +67,32 @@ class DecoderLM:
             cache.append(np.zeros((batch, self.kv.num_kv_heads, 0, self.kv.key_head_dim), self.kv.dtype))
             cache.append(np.zeros((batch, self.kv.num_kv_heads, 0, self.kv.head_dim), self.kv.dtype))
         return cache
+
+    def empty_ort_cache(self, batch: int) -> list[ort.OrtValue]:
+        return [ort.OrtValue.ortvalue_from_numpy(c) for c in self.empty_cache(batch)]
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: list[ort.OrtValue] | None) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """Like `forward`, with the cache as OrtValues (None = empty: the prefill). Thread-safe: the binding
+        is per call and onnxruntime sessions accept concurrent runs."""
+        if cache is None:
+            cache = self.empty_ort_cache(input_ids.shape[0])
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in zip(self.past_names, cache):
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy(), present
+
+    @staticmethod
+    def select_rows(cache: list[ort.OrtValue], rows: np.ndarray) -> list[ort.OrtValue]:
+        """Gather cache rows (beam reordering, dropping finished rows): one copy, only when rows change."""
+        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[rows])) for value in cache]
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
                 cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

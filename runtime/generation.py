@@ -1,19 +1,32 @@
 """The KV-cache generation loop over a decoder graph, as small pure functions (gpt-fast style).
 
-    tokens = generate_greedy(lm, input_ids, attention_mask, max_new_tokens=32, eos_token_ids=[2])
+    tokens = generate(lm, input_ids, attention_mask, GenerationConfig(max_new_tokens=32, eos_token_id=[2]))
+    # [rows, n] new tokens; rows = batch * num_return_sequences; finished rows padded like transformers
 
 Rules follow transformers' `generate` so outputs match token for token: position ids are
-`cumsum(attention_mask) - 1` (0 on left padding), a finished row keeps emitting `pad_token_id`,
-`min_new_tokens` masks EOS logits to -inf until that many tokens exist.
+`cumsum(attention_mask) - 1` (0 on left padding); logits processors run in transformers' order
+(`logits_process.build_logits_processors`); a finished row emits `pad_token_id` (else the first EOS id) until every
+row is done. Unlike transformers, a finished row stops costing work: it is dropped from the batch the graph sees
+(one cache gather when rows finish, none otherwise). The cache stays in onnxruntime OrtValues between steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from modelkiln.runtime.beam_search import beam_search
 from modelkiln.runtime.decoder import DecoderLM
+from modelkiln.runtime.errors import ModelkilnError
+from modelkiln.runtime.generation_config import GenerationConfig
+from modelkiln.runtime.logits_process import apply_processors, build_logits_processors, softmax
+from modelkiln.runtime.sampling import greedy, sample
+
+# on_token(rows, tokens): called after each step with the original row indices still running and their new tokens
+TokenCallback = Callable[[np.ndarray, np.ndarray], None]
+# stop(rows, new_tokens [len(rows), n]) -> bool [len(rows)]: extra stopping rule (stop strings), after each step
+StopRule = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def position_ids_from_mask(attention_mask: np.ndarray) -> np.ndarray:
@@ -23,50 +36,104 @@ def position_ids_from_mask(attention_mask: np.ndarray) -> np.ndarray:
 
 
 def prefill(lm: DecoderLM, input_ids: np.ndarray, attention_mask: np.ndarray):
-    """Run the prompt through the graph with an empty cache; return last-position logits [b, V] and the cache."""
-    positions = position_ids_from_mask(attention_mask)  # [b, s]
-    logits, cache = lm.forward(input_ids, attention_mask, positions, lm.empty_cache(input_ids.shape[0]))
+    """Run the prompt with an empty cache; return last-position logits [b, V] and the cache (OrtValues)."""
+    logits, cache = lm.step(input_ids, attention_mask, position_ids_from_mask(attention_mask), None)
     return logits[:, -1, :], cache  # [b, V]
 
 
-def decode_one_token(lm: DecoderLM, tokens: np.ndarray, attention_mask: np.ndarray, cache: list[np.ndarray]):
+def decode_one_token(lm: DecoderLM, tokens: np.ndarray, attention_mask: np.ndarray, cache):
     """tokens [b] at the position after `cache`; attention_mask [b, past + 1] → logits [b, V], grown cache."""
-    positions = (np.cumsum(attention_mask, axis=-1)[:, -1:] - 1)  # [b, 1]
-    logits, cache = lm.forward(tokens[:, None], attention_mask, positions, cache)
+    positions = attention_mask.sum(axis=-1, keepdims=True) - 1  # [b, 1]
+    logits, cache = lm.step(tokens[:, None], attention_mask, positions, cache)
     return logits[:, -1, :], cache
 
 
-def suppress_eos(logits: np.ndarray, eos_token_ids: Sequence[int]) -> np.ndarray:
-    """min_new_tokens: EOS cannot be chosen yet (transformers' MinNewTokensLengthLogitsProcessor)."""
-    logits = logits.copy()
-    logits[:, list(eos_token_ids)] = -np.inf
-    return logits
+def check_lengths(prompt_length: int, new_tokens: int, context_length: int | None) -> None:
+    if context_length and prompt_length + new_tokens > context_length:
+        raise ModelkilnError(
+            f"the prompt has {prompt_length} tokens and max_new_tokens={new_tokens}: {prompt_length + new_tokens} "
+            f"exceeds the model's context of {context_length}; shorten the prompt (truncation=True) or lower "
+            "max_new_tokens")
 
 
-def greedy(logits: np.ndarray) -> np.ndarray:
-    return np.argmax(logits, axis=-1)  # [b]; ties pick the lowest id, like torch.argmax
+def generate(lm: DecoderLM, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig, *,
+             context_length: int | None = None, rng: np.random.Generator | None = None,
+             on_token: TokenCallback | None = None, stop: StopRule | None = None) -> np.ndarray:
+    """Greedy, sampling or beam search per `config`; returns new tokens [batch * num_return_sequences, n]."""
+    config.validate()
+    prompt_length = input_ids.shape[1]
+    max_new = config.max_new_tokens_for(prompt_length, context_length)
+    check_lengths(prompt_length, max_new, context_length)
+    config = config.merged(max_new_tokens=max_new, max_length=None)
+    if rng is None:
+        rng = np.random.default_rng(config.seed)
+    if config.num_beams > 1:
+        return _beam_generate(lm, input_ids, attention_mask, config, rng, context_length, stop)
+    if config.num_return_sequences > 1:  # transformers repeats each prompt, consecutively
+        input_ids = np.repeat(input_ids, config.num_return_sequences, axis=0)  # [b * n, t]
+        attention_mask = np.repeat(attention_mask, config.num_return_sequences, axis=0)
+    return _sample_loop(lm, input_ids, attention_mask, config, rng, on_token, stop)
+
+
+def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, on_token, stop) -> np.ndarray:
+    rows = input_ids.shape[0]
+    eos = np.array(config.eos_ids, dtype=np.int64)
+    pad = config.effective_pad_token_id
+    processors = build_logits_processors(config, input_ids.shape[1], attention_mask)
+    sequences = input_ids.astype(np.int64)  # [rows, t]: processors see prompt + generated so far
+    out = np.full((rows, config.max_new_tokens), pad if pad is not None else 0, dtype=np.int64)
+    active = np.arange(rows)  # original row index of each row the graph still runs
+    logits, cache = prefill(lm, input_ids, attention_mask)
+    mask = attention_mask.astype(np.int64)
+    produced = 0
+    for step in range(config.max_new_tokens):
+        scores = apply_processors(processors, sequences[active], logits)  # [a, V]
+        tokens = sample(softmax(scores), rng) if config.do_sample else greedy(scores)  # [a]
+        out[active, step] = tokens
+        produced = step + 1
+        sequences = np.concatenate([sequences, out[:, step:step + 1]], axis=1)  # [rows, t + step + 1]
+        if on_token is not None:
+            on_token(active, tokens)
+        done = np.isin(tokens, eos) if eos.size else np.zeros(len(active), dtype=bool)
+        if stop is not None:
+            done |= stop(active, out[active, :step + 1])
+        if step == config.max_new_tokens - 1 or done.all():
+            break
+        mask = np.concatenate([mask, np.ones((len(mask), 1), dtype=np.int64)], axis=1)  # [a, past + 1]
+        if done.any():  # drop finished rows: they stop costing work (their output is already padded)
+            keep = np.flatnonzero(~done)
+            active, tokens, mask = active[keep], tokens[keep], mask[keep]
+            cache = DecoderLM.select_rows(cache, keep)
+        logits, cache = decode_one_token(lm, tokens, mask, cache)
+    return out[:, :produced]
+
+
+def _beam_generate(lm, input_ids, attention_mask, config, rng, context_length, stop) -> np.ndarray:
+    cache = None
+
+    def step(ids: np.ndarray, mask: np.ndarray, first_call: bool) -> np.ndarray:
+        nonlocal cache
+        positions = position_ids_from_mask(mask)[:, -ids.shape[1]:]  # [rows, s]
+        logits, cache = lm.step(ids, mask, positions, None if first_call else cache)
+        return logits[:, -1, :]
+
+    def reorder(beam_idx: np.ndarray) -> None:
+        nonlocal cache
+        cache = DecoderLM.select_rows(cache, beam_idx)
+
+    beam_stop = None
+    if stop is not None:
+        def beam_stop(sequences: np.ndarray) -> np.ndarray:
+            return stop(np.arange(len(sequences)), sequences[:, input_ids.shape[1]:])  # rows of the beam batch
+    out = beam_search(step, input_ids, attention_mask, config, reorder, rng=rng, context_length=context_length,
+                      stop=beam_stop)
+    return out.sequences[:, input_ids.shape[1]:]
 
 
 def generate_greedy(lm: DecoderLM, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
                     eos_token_ids: Sequence[int] = (), min_new_tokens: int = 0,
                     pad_token_id: int | None = None) -> np.ndarray:
-    """Greedy decoding; returns the new tokens [b, n] (n <= max_new_tokens; stops when every row finished)."""
-    eos = list(eos_token_ids)
-    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-    batch = input_ids.shape[0]
-    finished = np.zeros(batch, dtype=bool)
-    out = []
-    logits, cache = prefill(lm, input_ids, attention_mask)
-    mask = attention_mask
-    for step in range(max_new_tokens):
-        if step < min_new_tokens and eos:
-            logits = suppress_eos(logits, eos)
-        tokens = np.where(finished, pad, greedy(logits))  # [b]
-        out.append(tokens)
-        if eos:
-            finished |= np.isin(tokens, eos)
-        if finished.all() or step == max_new_tokens - 1:
-            break
-        mask = np.concatenate([mask, np.ones((batch, 1), dtype=mask.dtype)], axis=1)  # [b, t + 1]
-        logits, cache = decode_one_token(lm, tokens, mask, cache)
-    return np.stack(out, axis=1) if out else np.zeros((batch, 0), dtype=np.int64)
+    """Greedy decoding with an explicit length; returns new tokens [b, n] (what `validate` compares)."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                              eos_token_id=tuple(eos_token_ids) or None, pad_token_id=pad_token_id)
+    return generate(lm, input_ids, attention_mask, config)

@@ -1,0 +1,48 @@
+"""`modelkiln.runtime.pipeline(task, model=ARTIFACT_DIR, **kwargs)`: transformers' pipeline call, served by an artifact.
+
+    from modelkiln.runtime import pipeline
+    pipe = pipeline("text-generation", model="artifacts/smollm2")
+    pipe([{"role": "user", "content": "Hi"}], max_new_tokens=32)
+    # [{"generated_text": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! ..."}]}]
+
+Each task's pipeline class lives in its own module and is imported only when asked for, so a service that
+serves one task never imports the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from modelkiln.runtime.artifact import Artifact
+from modelkiln.runtime.errors import ModelkilnError
+
+# task -> "module:Class"; aliases map the names transformers accepts to ours
+PIPELINES: dict[str, str] = {
+    "text-generation": "modelkiln.runtime.pipelines.text_generation:TextGenerationPipeline",
+}
+TASK_ALIASES: dict[str, str] = {}
+
+
+def register_pipeline(task: str, target: str, aliases: tuple[str, ...] = ()) -> None:
+    """Add a task ("module:Class"); used by the modules that define pipelines for new tasks."""
+    PIPELINES[task] = target
+    for alias in aliases:
+        TASK_ALIASES[alias] = task
+
+
+def pipeline(task: str | None = None, model: str | os.PathLike | None = None, *, verify: str = "full",
+             providers: list[str] | None = None, **kwargs: Any):
+    if model is None:
+        raise ModelkilnError("pipeline() needs model=ARTIFACT_DIR (an artifact written by `modelkiln export`)")
+    artifact = Artifact.load(model, verify=verify)
+    task = TASK_ALIASES.get(task, task) if task else artifact.task
+    if task not in PIPELINES:
+        raise ModelkilnError(f"unsupported task {task!r}; supported: {', '.join(sorted(PIPELINES))}")
+    served = TASK_ALIASES.get(artifact.task, artifact.task)
+    if served != task:
+        raise ModelkilnError(f"artifact {artifact.root} was exported for {artifact.task!r}, not {task!r}; "
+                             f"use pipeline({artifact.task!r}, ...) or re-export with --task {task}")
+    module, _, cls = PIPELINES[task].partition(":")
+    return getattr(importlib.import_module(module), cls)(artifact, providers=providers, **kwargs)
