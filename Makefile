@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/modelkiln export embedded:smollm2 $(DEMO_DIR) \
 		--task text-generation --force --validate
 	$(VENV)/bin/modelkiln inspect $(DEMO_DIR) --no-verify
+	$(VENV)/bin/modelkiln run $(DEMO_DIR) "What is the capital of France? Answer in one sentence." --greedy --max-new-tokens 48
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

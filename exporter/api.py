@@ -10,6 +10,7 @@ Steps (each a progress line): load → trace → graph passes → write (graph, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -22,7 +23,13 @@ from modelkiln.exporter.sources import LoadedModel, load_config, load_source, re
 from modelkiln.runtime.errors import ModelkilnError
 
 TASK_ALIASES = {"text-generation": "text-generation", "causal-lm": "text-generation",
-                "text-generation-with-past": "text-generation"}
+                "text-generation-with-past": "text-generation",
+                # encoder tasks (exporter/encoder.py), with the aliases transformers.pipeline accepts
+                "feature-extraction": "feature-extraction", "sentence-similarity": "sentence-similarity",
+                "text-classification": "text-classification", "sentiment-analysis": "text-classification",
+                "token-classification": "token-classification", "ner": "token-classification",
+                "question-answering": "question-answering", "fill-mask": "fill-mask",
+                "auto": "auto"}  # auto: from the checkpoint's `architectures`
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 PRECISION_OF_DTYPE = {v: k for k, v in DTYPES.items()}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
@@ -71,6 +78,13 @@ def export(source: str, output: str | Path, options: ExportOptions = ExportOptio
     src = resolve_source(source, options.revision)
     quiet_libraries(options.quiet)
     progress = Progress(options.quiet)
+    if options.task == "auto":
+        options = dataclasses.replace(options, task=_infer_task(src, options))
+        progress.info(f"task {options.task} (from the checkpoint's architectures)")
+    from modelkiln.exporter.encoder import ENCODER_TASKS
+
+    if options.task in ENCODER_TASKS:
+        return _export_encoder(src, output, options, progress)
 
     from modelkiln.exporter.decoder import probe_kv_layout, trace_decoder
     from modelkiln.exporter.families import check_decoder_family
@@ -110,6 +124,75 @@ def export(source: str, output: str | Path, options: ExportOptions = ExportOptio
     return output
 
 
+def _infer_task(src, options: ExportOptions) -> str:
+    from modelkiln.exporter.encoder import has_sentence_transformers_config, infer_task
+
+    config = load_config(src, options.trust_remote_code)
+    return infer_task({"architectures": getattr(config, "architectures", None)},
+                      has_sentence_transformers_config(src.path if src.kind == "directory" else None))
+
+
+def _export_encoder(src, output: Path, options: ExportOptions, progress: Progress) -> Path:
+    """The encoder path (exporter/encoder.py): one graph, task head included, no KV cache."""
+    from modelkiln.exporter.encoder import ENCODER_TASKS, check_encoder_family, trace_encoder
+    from modelkiln.graphs import EXPORT_PASSES, run_passes, save_with_external_data
+
+    task = ENCODER_TASKS[options.task]
+    with progress.step(f"loading {src.spec}"):
+        check_encoder_family(load_config(src, options.trust_remote_code), options.task)  # before the weights
+        loaded = load_source(src, auto_class=task.auto_class, dtype=DTYPES[options.dtype],
+                             trust_remote_code=options.trust_remote_code)
+    if loaded.tokenizer is None:
+        raise ModelkilnError(f"SOURCE {src.spec!r} ships no tokenizer; encoder tasks need one (tokenizer.json) to "
+                             "serve text")
+    with progress.step(f"tracing {loaded.config.model_type} ({options.task}) to ONNX"):
+        graph, _ = trace_encoder(loaded.model, options.task, opset=options.opset)
+    with progress.step("optimizing the graph"):
+        pass_records = run_passes(graph, EXPORT_PASSES)
+    with staging_directory(output, options.force) as tmp:
+        with progress.step("saving the artifact"):
+            files = save_with_external_data(graph, tmp, "model.onnx")
+            tokenizer_files = _save_sidecar_files(loaded, tmp)
+            manifest = write_manifest(tmp, _encoder_manifest(loaded, options, graph, files, pass_records,
+                                                             tokenizer_files))
+            del graph
+        progress.info(f"  {_size_mb(manifest)} MB in {len(manifest['files'])} files")
+        if options.validate:
+            from modelkiln.validate import validate
+
+            with progress.step("validating against eager PyTorch"):
+                report = validate(tmp, loaded, quiet=True)
+                report.write(json=tmp / "parity.json", markdown=tmp / "parity.md")
+            for line in report.lines(verbose=False):
+                progress.info(line)
+            if not report.passed:
+                progress.info(f"parity FAILED; the artifact and its report are in {output}")
+    return output
+
+
+def _encoder_manifest(loaded: LoadedModel, options: ExportOptions, graph, files, pass_records,
+                      tokenizer_files) -> dict[str, Any]:
+    from modelkiln.exporter.encoder import head_info, labels_of
+    from modelkiln.graphs import io_signature
+
+    config, src = loaded.config, loaded.source
+    tok = loaded.tokenizer
+    return {
+        "task": options.task,
+        "model_type": config.model_type,
+        "precision": options.dtype,
+        "source": {"kind": src.kind, "id": src.spec, "gguf_file": src.gguf_file, "revision": src.revision,
+                   "files": loaded.file_hashes, "fingerprint": config_fingerprint(config)},
+        "graphs": {"model": {"file": files[0], "external_data": files[1:], "opset": options.opset,
+                             "precision": options.dtype, "passes": pass_records, **io_signature(graph)}},
+        "tokenizer": {"files": tokenizer_files, "class": type(tok).__name__,
+                      "model_max_length": tok.model_max_length if tok.model_max_length < 1e20 else None},
+        "encoder": head_info(config, options.task, src.path if src.kind == "directory" else None),
+        "labels": labels_of(config, options.task),
+        "versions": tool_versions(),
+    }
+
+
 def _size_mb(manifest: dict[str, Any]) -> str:
     return f"{sum(f['size'] for f in manifest['files'].values()) / 1e6:.1f}"
 
@@ -120,8 +203,9 @@ def _save_sidecar_files(loaded: LoadedModel, folder: Path) -> list[str]:
     if hasattr(config, "quantization_config"):  # a GGUF source was dequantized on load: the graph is float
         del config.quantization_config
     config.save_pretrained(folder)
-    if loaded.model.generation_config is not None:
-        loaded.model.generation_config.save_pretrained(folder)
+    generation_config = getattr(loaded.model, "generation_config", None)  # encoders (no generate) have none
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
     if loaded.tokenizer is not None:
         staging = folder / ".tokenizer"
         loaded.tokenizer.save_pretrained(staging)

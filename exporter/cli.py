@@ -147,6 +147,85 @@ def inspect(artifact, as_json, no_verify):
         click.echo(describe(art))
 
 
+def _generation_options(f):
+    """The options `run` and `chat` share (transformers' names)."""
+    options = [
+        click.option("--max-new-tokens", type=int, default=256, show_default=True),
+        click.option("--greedy", is_flag=True, help="Deterministic greedy decoding (do_sample=False)."),
+        click.option("--temperature", type=float, default=None, help="Sampling temperature (default 0.7)."),
+        click.option("--top-p", type=float, default=None),
+        click.option("--top-k", type=int, default=None),
+        click.option("--seed", type=int, default=None, help="Seed for reproducible sampling."),
+        click.option("--system", default=None, help="A system message to start the chat with."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _kwargs(max_new_tokens, greedy, temperature, top_p, top_k, seed) -> dict:
+    kwargs = {"max_new_tokens": max_new_tokens}
+    if greedy:
+        kwargs["do_sample"] = False
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("seed", seed)):
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("prompt")
+@click.option("--raw", is_flag=True, help="Send PROMPT as plain text, not as a chat message.")
+@_generation_options
+def run(artifact, prompt, raw, system, **options):
+    """Generate one answer to PROMPT with ARTIFACT, streamed to stdout."""
+    from modelkiln.runtime import pipeline
+
+    pipe = pipeline("text-generation", model=artifact)
+    use_chat = not raw and pipe.tokenizer.chat_template is not None
+    inputs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    for chunk in pipe.stream(inputs if use_chat else prompt, **_kwargs(**options)):
+        click.echo(chunk, nl=False)
+    click.echo()
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@_generation_options
+def chat(artifact, system, **options):
+    """Interactive streaming chat with ARTIFACT (/reset clears the history, /exit or Ctrl-D quits)."""
+    from modelkiln.runtime import pipeline
+
+    pipe = pipeline("text-generation", model=artifact)
+    if pipe.tokenizer.chat_template is None:
+        raise ModelkilnError(f"artifact {artifact} has no chat template; use `modelkiln run --raw` instead")
+    start = [{"role": "system", "content": system}] if system else []
+    history = list(start)
+    kwargs = _kwargs(**options)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            click.echo()
+            return
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip() == "/reset":
+            history = list(start)
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        click.echo("assistant> ", nl=False)
+        answer = []
+        for chunk in pipe.stream(history, **kwargs):
+            answer.append(chunk)
+            click.echo(chunk, nl=False)
+        click.echo()
+        history.append({"role": "assistant", "content": "".join(answer)})
+
+
 def main(argv=None) -> None:
     cli.main(args=argv, prog_name="modelkiln", standalone_mode=True)
 

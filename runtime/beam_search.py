@@ -109,7 +109,7 @@ def beam_search(step: StepFn, input_ids: np.ndarray, attention_mask: np.ndarray,
         rng = np.random.default_rng(config.seed)
 
     # Keep (1 + n_eos) * num_beams candidates, so num_beams remain to continue even if the best all pick an EOS id.
-    beams_to_keep = max(2, 1 + eos.size) * num_beams
+    beams_to_keep = 2 * num_beams
     top_num_beam_mask = np.arange(beams_to_keep) < num_beams  # [K]: only these may become finished hypotheses
 
     flat_ids = np.repeat(input_ids, num_beams, axis=0)  # [b * nb, t]
@@ -181,7 +181,7 @@ def beam_search(step: StepFn, input_ids: np.ndarray, attention_mask: np.ndarray,
         step_beam_idx = running_beam_indices[:, :, cur_len - prompt_len].reshape(batch * num_beams)  # [b * nb]
         cur_len += 1
         if early_stopping == "never" and length_penalty > 0.0:
-            best_length = cur_len - prompt_len  # a longer hypothesis can only score higher: assume the longest
+            best_length = max_length - prompt_len  # a longer hypothesis can only score higher: assume the longest
         else:
             best_length = cur_len - prompt_len
         best_running = running_beam_scores[:, :1] / np.float32(best_length ** length_penalty)  # [b, 1]
