@@ -1,0 +1,151 @@
+"""Greedy decode speed of SmolLM2-135M-Instruct (fp32, batch 1): eager transformers vs modelkiln vs optimum-onnx
+vs ONNX Runtime GenAI, in one run, from the same ~45-token chat prompt, exactly 128 new tokens each.
+
+    .venv/bin/python benchmarks/generate_speed.py [--new-tokens 128] [--skip-peers]
+
+The peers run in their own venvs, built here under benchmarks/.venvs/ on first use (optimum-onnx pins
+transformers<4.58; both get torch==2.13.0, the local CPU wheel). Their checkpoint is SmolLM2 de-quantized from the
+embedded GGUF and saved in transformers-4 format (the config they cannot read is converted). Each engine runs in a
+fresh process; figures are the median of 3 timed runs after a warm-up. Prints a Markdown table with ratios, plus
+modelkiln's cold start (import + load + first token), per-step Python overhead outside onnxruntime, and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+VENVS = HERE / ".venvs"
+RUNNERS = HERE / "runners"
+CHAT = [{"role": "user", "content": "Explain in a few sentences why the sky is blue during the day and why "
+                                    "sunsets look red and orange."}]
+PEERS = {
+    "optimum": ["optimum-onnx==0.1.0", "transformers<4.58", "onnxruntime==1.31.1"],
+    "ortgenai": ["onnxruntime-genai==0.18.0", "transformers<4.58", "onnx", "onnxruntime==1.31.1"],
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_checkpoints() -> tuple[Path, Path, Path]:
+    """(transformers-5 checkpoint, transformers-4 copy, modelkiln artifact), built once into benchmarks/.cache."""
+    hf5, hf4, artifact = CACHE / "smollm2-hf", CACHE / "smollm2-hf-v4", CACHE / "smollm2-artifact"
+    if not (hf5 / "config.json").exists():
+        log("saving SmolLM2 (GGUF, de-quantized) as a transformers checkpoint…")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from modelkiln.exporter.embedded import resolve_embedded
+
+        gguf = resolve_embedded("smollm2")
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain one
+        model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        del model.config.quantization_config
+        model.generation_config = gguf_model.generation_config
+        model.save_pretrained(hf5)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(hf5)
+    if not (hf4 / "config.json").exists():
+        import shutil
+
+        shutil.copytree(hf5, hf4, dirs_exist_ok=True)
+        config = json.loads((hf4 / "config.json").read_text())
+        rope = config.pop("rope_parameters", {}) or {}
+        config["rope_theta"] = rope.get("rope_theta", 10000.0)
+        if rope.get("rope_type", "default") != "default":
+            config["rope_scaling"] = rope
+        config["torch_dtype"] = config.pop("dtype", "float32")
+        (hf4 / "config.json").write_text(json.dumps(config, indent=2))
+        tok_config = json.loads((hf4 / "tokenizer_config.json").read_text())
+        tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"  # v5's TokenizersBackend is unknown to v4
+        template = hf4 / "chat_template.jinja"
+        if template.exists():
+            tok_config["chat_template"] = template.read_text()
+        (hf4 / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    if not (artifact / "modelkiln.json").exists():
+        log("exporting the modelkiln artifact…")
+        from modelkiln.exporter import ExportOptions, export
+
+        export("embedded:smollm2", artifact, ExportOptions(quiet=True, force=True))
+    return hf5, hf4, artifact
+
+
+def ensure_venv(name: str, packages: list[str]) -> Path | None:
+    venv = VENVS / name
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if stamp.exists():
+        return python
+    log(f"building the {name} venv (first run only)…")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        subprocess.run(pip + ["torch==2.13.0"], check=True)  # first, so nothing pulls a CUDA torch
+        subprocess.run(pip + packages, check=True)
+    except subprocess.CalledProcessError as e:
+        log(f"could not build the {name} venv ({e}); its column is skipped")
+        return None
+    stamp.touch()
+    return python
+
+
+def run(python: Path, runner: str, model: Path, prompt_ids: list[int], new_tokens: int) -> dict | None:
+    proc = subprocess.run([str(python), str(RUNNERS / runner), str(model), json.dumps(prompt_ids), str(new_tokens)],
+                          capture_output=True, text=True, cwd=RUNNERS)
+    if proc.returncode != 0:
+        log(f"{runner} failed:\n{proc.stderr[-3000:]}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--skip-peers", action="store_true", help="only eager and modelkiln")
+    opts = parser.parse_args()
+    hf5, hf4, artifact = ensure_checkpoints()
+    from transformers import AutoTokenizer
+
+    prompt_ids = AutoTokenizer.from_pretrained(hf5).apply_chat_template(CHAT, add_generation_prompt=True,
+                                                                        return_dict=True)["input_ids"]
+    prompt_ids = list(prompt_ids)
+    results = {}
+    main_python = Path(sys.executable)
+    results["eager"] = run(main_python, "eager_runner.py", hf5, prompt_ids, opts.new_tokens)
+    results["modelkiln"] = run(main_python, "modelkiln_runner.py", artifact, prompt_ids, opts.new_tokens)
+    if not opts.skip_peers:
+        for peer, runner, model in (("optimum", "optimum_runner.py", hf4), ("ortgenai", "ortgenai_runner.py", hf4)):
+            python = ensure_venv(peer, PEERS[peer])
+            results[peer] = run(python, runner, model, prompt_ids, opts.new_tokens) if python else None
+    print_table(results, len(prompt_ids), opts.new_tokens)
+
+
+def print_table(results: dict, prompt_tokens: int, new_tokens: int) -> None:
+    ours = results.get("modelkiln")
+    eager_tokens = (results.get("eager") or {}).get("tokens")
+    print(f"SmolLM2-135M-Instruct fp32, batch 1, {prompt_tokens}-token chat prompt, {new_tokens} greedy tokens\n")
+    print("| engine | decode tok/s | TTFT (ms) | load (s) | peak RSS (MB) | modelkiln × | same tokens as eager |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for key, r in results.items():
+        if r is None:
+            print(f"| {key} | (not run) | | | | | |")
+            continue
+        ratio = ours["decode_tok_s"] / r["decode_tok_s"] if ours else float("nan")
+        same = "yes" if eager_tokens and r["tokens"] == eager_tokens else "no"
+        print(f"| {r['name']} | {r['decode_tok_s']:.1f} | {1000 * r['ttft_s']:.0f} | {r['load_s']:.2f} | "
+              f"{r['peak_rss_mb']:.0f} | {ratio:.2f} | {same} |")
+    if ours:
+        print(f"\nmodelkiln cold start (import + load + first token, fresh process): {ours['cold_start_s']:.2f} s; "
+              f"per-step Python overhead outside onnxruntime: {ours['step_overhead_ms']:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared by the generation runners (each runs in its own venv and prints one JSON line).
+
+Protocol: `python RUNNER.py MODEL_DIR PROMPT_IDS_JSON NEW_TOKENS` → {"name", "prompt_tokens", "new_tokens",
+"load_s", "ttft_s", "decode_tok_s", "total_tok_s", "tokens": [...], "peak_rss_mb", ...}.
+Every runner starts from the same prompt ids (the chat template applied once, by the driver), decodes greedily exactly NEW_TOKENS tokens (EOS suppressed) after a warm-up run, and reports the
+median of REPEATS timed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+REPEATS = 3
+
+
+def args():
+    model_dir, prompt_ids, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    return model_dir, json.loads(prompt_ids), new_tokens
+
+
+def timed_runs(run_once):
+    """run_once() -> (ttft_s, total_s, tokens). Warm-up once, then the median of REPEATS runs."""
+    run_once()
+    results = [run_once() for _ in range(REPEATS)]
+    ttft = statistics.median(r[0] for r in results)
+    total = statistics.median(r[1] for r in results)
+    return ttft, total, results[-1][2]
+
+
+def report(name, prompt_tokens, new_tokens, load_s, ttft, total, tokens, **extra):
+    print(json.dumps({
+        "name": name, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "load_s": load_s,
+        "ttft_s": ttft, "decode_tok_s": (new_tokens - 1) / (total - ttft), "total_tok_s": new_tokens / total,
+        "tokens": [int(t) for t in tokens], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **extra}))
+
+
+def now():
+    return time.perf_counter()

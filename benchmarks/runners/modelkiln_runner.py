@@ -1,0 +1,52 @@
+"""modelkiln.runtime over an artifact (the main venv). Also measures the per-step Python overhead outside
+onnxruntime's run and the cold start (import + load + first token) of this fresh process."""
+
+import time
+
+from common import args, now, report, timed_runs
+
+model_dir, prompt_ids, new_tokens = args()
+t_import = now()
+import numpy as np  # noqa: E402
+
+from modelkiln.runtime import pipeline  # noqa: E402
+from modelkiln.runtime.generation import generate  # noqa: E402
+
+pipe = pipeline("text-generation", model=model_dir)
+load_s = now() - t_import
+lm = pipe.model
+ids = np.array([prompt_ids])
+mask = np.ones_like(ids)
+config = pipe.generation_config(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+generate(lm, ids, mask, config.merged(max_new_tokens=1, min_new_tokens=1))
+cold_start_s = now() - t_import  # import + load (hash check included) + first token, nothing warm before
+
+# Per-step overhead = decode wall time - time inside onnxruntime's run, per step.
+session_runs: list[float] = []
+run_with_iobinding = lm.session.run_with_iobinding
+
+
+def timed_run_with_iobinding(binding, *a, **k):
+    t = time.perf_counter()
+    run_with_iobinding(binding, *a, **k)
+    session_runs.append(time.perf_counter() - t)
+
+
+lm.session.run_with_iobinding = timed_run_with_iobinding
+overheads = []
+
+
+def run_once():
+    stamps = []
+    session_runs.clear()
+    t0 = now()
+    out = generate(lm, ids, mask, config, on_token=lambda rows, toks: stamps.append(now()))
+    total = now() - t0
+    steps = len(stamps) - 1  # decode steps between the first and the last token
+    overheads.append((stamps[-1] - stamps[0] - sum(session_runs[1:])) / steps)  # session_runs[0] is the prefill
+    return stamps[0] - t0, total, out[0].tolist()
+
+
+ttft, total, tokens = timed_runs(run_once)
+report("modelkiln", ids.shape[1], new_tokens, load_s, ttft, total, tokens, cold_start_s=cold_start_s,
+       step_overhead_ms=1000 * sorted(overheads)[len(overheads) // 2])
