@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelkiln.runtime.errors import ModelkilnError
 from modelkiln.runtime.generation_config import GenerationConfig
 from modelkiln.runtime.logits_process import apply_processors, build_logits_processors, log_softmax, softmax
 from modelkiln.runtime.sampling import sample_without_replacement
@@ -95,7 +96,8 @@ def beam_search(step: StepFn, input_ids: np.ndarray, attention_mask: np.ndarray,
     num_beams = config.num_beams
     num_return = config.num_return_sequences
     if num_return > num_beams:
-        raise ValueError(f"num_return_sequences={num_return} is larger than num_beams={num_beams}")
+        raise ModelkilnError(f"num_return_sequences={num_return} is larger than num_beams={num_beams}; "
+                             "raise num_beams or lower num_return_sequences")
     batch, prompt_len = input_ids.shape
     max_length = prompt_len + config.max_new_tokens_for(prompt_len, context_length)
     eos = np.asarray(config.eos_ids, dtype=np.int64)
@@ -109,7 +111,7 @@ def beam_search(step: StepFn, input_ids: np.ndarray, attention_mask: np.ndarray,
         rng = np.random.default_rng(config.seed)
 
     # Keep (1 + n_eos) * num_beams candidates, so num_beams remain to continue even if the best all pick an EOS id.
-    beams_to_keep = 2 * num_beams
+    beams_to_keep = max(2, 1 + eos.size) * num_beams
     top_num_beam_mask = np.arange(beams_to_keep) < num_beams  # [K]: only these may become finished hypotheses
 
     flat_ids = np.repeat(input_ids, num_beams, axis=0)  # [b * nb, t]

@@ -87,7 +87,8 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
     mask = attention_mask.astype(np.int64)
     produced = 0
     for step in range(config.max_new_tokens):
-        scores = apply_processors(processors, sequences[active], logits) if processors else logits  # [a, V]
+        scores = (apply_processors(processors, sequences[active], logits, rows=active)  # [a, V]
+                  if processors else logits)
         tokens = sample(softmax(scores), rng) if config.do_sample else greedy(scores)  # [a]
         out[active, step] = tokens
         produced = step + 1

@@ -331,11 +331,24 @@ def build_logits_processors(config: GenerationConfig, prompt_length: int,
     return processors
 
 
-def apply_processors(processors: Sequence, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Run `processors` in order; [b, t] ids, [b, V] scores -> [b, V] float32 (a new array)."""
+def apply_processors(processors: Sequence, input_ids: np.ndarray, scores: np.ndarray,
+                     rows: np.ndarray | None = None) -> np.ndarray:
+    """Run `processors` in order; [b, t] ids, [b, V] scores -> [b, V] float32 (a new array).
+
+    `rows` [b]: when the caller stopped running finished rows, the original row index of each row given, so
+    per-row state built for the full batch (the repetition penalty's padding lengths) follows its rows.
+
+    >>> penalty = build_logits_processors(GenerationConfig(repetition_penalty=2.0), 2, np.array([[0, 1], [1, 1]]))
+    >>> apply_processors(penalty, np.array([[0, 1]]), np.ones((1, 3), np.float32), rows=np.array([1])).tolist()
+    [[0.5, 0.5, 1.0]]
+    """
     scores = _f32(scores)
     if not processors:
         return scores.copy()
     for processor in processors:
+        if rows is not None and isinstance(processor, RepetitionPenalty) \
+                and isinstance(processor.prompt_ignore_length, tuple):
+            narrowed = tuple(processor.prompt_ignore_length[int(r)] for r in rows)
+            processor = RepetitionPenalty(processor.penalty, narrowed)
         scores = processor(input_ids, scores)
     return scores

@@ -33,7 +33,7 @@ PAD = 0
 PROMPTS = np.array([[5, 6, 7, 8, 9, 10], [PAD, PAD, 11, 12, 13, 14]], dtype=np.int64)
 MASKS = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], dtype=np.int64)
 
-# (batch, options); "EOS" stands for the model's two chosen EOS ids, "EOS1" for the first of them
+# (batch, options): every case stops on the model's two chosen EOS ids, unless it asks for "EOS1" (the first one)
 CASES = [
     (1, {}),
     (1, {"num_return_sequences": 2, "early_stopping": True}),
@@ -196,10 +196,10 @@ def markov_models():
     return {seed: (MarkovLM(config, _markov_tables(seed)).eval(), _markov_tables(seed)) for seed in (0, 1)}
 
 
-MARKOV_GRID = [dict(early_stopping=e, length_penalty=lp, eos_token_id=eos)
+MARKOV_GRID = [{"early_stopping": e, "length_penalty": lp, "eos_token_id": eos}
                for e in (True, False, "never") for lp in (0.5, 1.0, 2.0) for eos in ([1], [1, 2, 3])]
-MARKOV_VARIANTS = [dict(num_return_sequences=1), dict(num_return_sequences=2),
-                   dict(num_return_sequences=2, min_new_tokens=3), dict(num_return_sequences=4, min_new_tokens=1)]
+MARKOV_VARIANTS = [{"num_return_sequences": 1}, {"num_return_sequences": 2},
+                   {"num_return_sequences": 2, "min_new_tokens": 3}, {"num_return_sequences": 4, "min_new_tokens": 1}]
 
 
 def _markov_beam_search(tables: tuple[np.ndarray, np.ndarray], case: dict):
@@ -223,7 +223,7 @@ def test_beam_search_rules_match_transformers_on_a_markov_model(markov_models, s
     for variant in MARKOV_VARIANTS:
         case = {**options, **variant}
         calls = []
-        hook = model.register_forward_hook(lambda *args: calls.append(1))
+        hook = model.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         try:
             with torch.no_grad():
                 expected = model.generate(torch.from_numpy(MARKOV_PROMPTS), attention_mask=torch.from_numpy(MARKOV_MASKS),
@@ -284,8 +284,8 @@ def test_sampling_with_top_k_1_is_greedy(pair):
 
 def test_sampling_loop_matches_transformers_when_deterministic(pair):
     """top_k=1 leaves one token, so torch's RNG does not matter: the processors decide every token."""
-    options = dict(do_sample=True, top_k=1, temperature=0.7, repetition_penalty=1.3, no_repeat_ngram_size=2,
-                   min_new_tokens=3, eos_token_id=pair.eos, pad_token_id=PAD, max_new_tokens=12)
+    options = {"do_sample": True, "top_k": 1, "temperature": 0.7, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2,
+                   "min_new_tokens": 3, "eos_token_id": pair.eos, "pad_token_id": PAD, "max_new_tokens": 12}
     with torch.no_grad():
         expected = pair.model.generate(torch.from_numpy(PROMPTS), attention_mask=torch.from_numpy(MASKS), **options)
     got = sample_loop(pair.lm, PROMPTS, MASKS, GenerationConfig(**options), np.random.default_rng(0))

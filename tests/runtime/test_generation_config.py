@@ -99,33 +99,33 @@ def test_merged_unknown_option_names_it():
 # (our kwargs, transformers GenerationConfig kwargs or None, a processor constructor transformers runs at generate
 #  time or None, the text our message must contain)
 ERRORS = [
-    (dict(early_stopping="sometimes"), dict(early_stopping="sometimes"), None, "early_stopping='sometimes'"),
-    (dict(max_new_tokens=0), dict(max_new_tokens=0), None, "max_new_tokens=0"),
-    (dict(num_return_sequences=2), dict(num_return_sequences=2), None, "num_return_sequences=2"),
-    (dict(num_beams=2, num_return_sequences=3), dict(num_beams=2, num_return_sequences=3), None,
+    ({"early_stopping": "sometimes"}, {"early_stopping": "sometimes"}, None, "early_stopping='sometimes'"),
+    ({"max_new_tokens": 0}, {"max_new_tokens": 0}, None, "max_new_tokens=0"),
+    ({"num_return_sequences": 2}, {"num_return_sequences": 2}, None, "num_return_sequences=2"),
+    ({"num_beams": 2, "num_return_sequences": 3}, {"num_beams": 2, "num_return_sequences": 3}, None,
      "num_return_sequences=3 is larger than num_beams=2"),
-    (dict(do_sample=True, temperature=0.0), None, lambda: hf.TemperatureLogitsWarper(0.0), "temperature=0.0"),
-    (dict(do_sample=True, temperature=-0.5), None, lambda: hf.TemperatureLogitsWarper(-0.5), "temperature=-0.5"),
-    (dict(do_sample=True, top_p=-0.1), None, lambda: hf.TopPLogitsWarper(-0.1), "top_p=-0.1"),
-    (dict(do_sample=True, top_k=-3), None, lambda: hf.TopKLogitsWarper(-3), "top_k=-3"),
-    (dict(do_sample=True, min_p=1.5), None, lambda: hf.MinPLogitsWarper(1.5), "min_p=1.5"),
-    (dict(repetition_penalty=0.0), None, lambda: hf.RepetitionPenaltyLogitsProcessor(0.0), "repetition_penalty=0.0"),
-    (dict(repetition_penalty=-1.0), None, lambda: hf.RepetitionPenaltyLogitsProcessor(-1.0),
+    ({"do_sample": True, "temperature": 0.0}, None, lambda: hf.TemperatureLogitsWarper(0.0), "temperature=0.0"),
+    ({"do_sample": True, "temperature": -0.5}, None, lambda: hf.TemperatureLogitsWarper(-0.5), "temperature=-0.5"),
+    ({"do_sample": True, "top_p": -0.1}, None, lambda: hf.TopPLogitsWarper(-0.1), "top_p=-0.1"),
+    ({"do_sample": True, "top_k": -3}, None, lambda: hf.TopKLogitsWarper(-3), "top_k=-3"),
+    ({"do_sample": True, "min_p": 1.5}, None, lambda: hf.MinPLogitsWarper(1.5), "min_p=1.5"),
+    ({"repetition_penalty": 0.0}, None, lambda: hf.RepetitionPenaltyLogitsProcessor(0.0), "repetition_penalty=0.0"),
+    ({"repetition_penalty": -1.0}, None, lambda: hf.RepetitionPenaltyLogitsProcessor(-1.0),
      "repetition_penalty=-1.0"),
     # stricter than transformers (it ignores these or fails later with an unrelated error)
-    (dict(do_sample=True, top_p=1.5), None, None, "top_p=1.5"),
-    (dict(num_beams=0), None, None, "num_beams=0"),
-    (dict(num_return_sequences=0), None, None, "num_return_sequences=0"),
-    (dict(min_new_tokens=-1), None, None, "min_new_tokens=-1"),
-    (dict(no_repeat_ngram_size=-2), None, None, "no_repeat_ngram_size=-2"),
-    (dict(max_length=0), None, None, "max_length=0"),
-    (dict(eos_token_id=[2, -1]), None, None, "eos_token_id contains -1"),
-    (dict(pad_token_id=-1), None, None, "pad_token_id=-1"),
-    (dict(seed=-3), None, None, "seed=-3"),
-    (dict(stop_strings=["ok", ""]), None, None, "stop_strings contains ''"),
-    (dict(num_beams=2.0), None, None, "num_beams=2.0"),
-    (dict(do_sample="yes"), None, None, "do_sample='yes'"),
-    (dict(temperature="hot"), None, None, "temperature='hot'"),
+    ({"do_sample": True, "top_p": 1.5}, None, None, "top_p=1.5"),
+    ({"num_beams": 0}, None, None, "num_beams=0"),
+    ({"num_return_sequences": 0}, None, None, "num_return_sequences=0"),
+    ({"min_new_tokens": -1}, None, None, "min_new_tokens=-1"),
+    ({"no_repeat_ngram_size": -2}, None, None, "no_repeat_ngram_size=-2"),
+    ({"max_length": 0}, None, None, "max_length=0"),
+    ({"eos_token_id": [2, -1]}, None, None, "eos_token_id contains -1"),
+    ({"pad_token_id": -1}, None, None, "pad_token_id=-1"),
+    ({"seed": -3}, None, None, "seed=-3"),
+    ({"stop_strings": ["ok", ""]}, None, None, "stop_strings contains ''"),
+    ({"num_beams": 2.0}, None, None, "num_beams=2.0"),
+    ({"do_sample": "yes"}, None, None, "do_sample='yes'"),
+    ({"temperature": "hot"}, None, None, "temperature='hot'"),
 ]
 
 
@@ -146,12 +146,12 @@ def test_validate_errors(ours, theirs, their_processor, message):
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(do_sample=False, temperature=0.0, top_p=0.0, top_k=0),  # greedy with sampling options: only a warning
-    dict(do_sample=True, num_beams=4),  # beam sampling: transformers 5.23 runs it, it does not raise
-    dict(do_sample=True, num_beams=2, num_return_sequences=2),
-    dict(do_sample=True, num_return_sequences=3),
-    dict(do_sample=True, top_p=0.0),  # legal in transformers: keeps the single best token
-    dict(num_beams=3, num_return_sequences=3, early_stopping="never", length_penalty=-1.0),
+    {"do_sample": False, "temperature": 0.0, "top_p": 0.0, "top_k": 0},  # greedy with sampling options: only a warning
+    {"do_sample": True, "num_beams": 4},  # beam sampling: transformers 5.23 runs it, it does not raise
+    {"do_sample": True, "num_beams": 2, "num_return_sequences": 2},
+    {"do_sample": True, "num_return_sequences": 3},
+    {"do_sample": True, "top_p": 0.0},  # legal in transformers: keeps the single best token
+    {"num_beams": 3, "num_return_sequences": 3, "early_stopping": "never", "length_penalty": -1.0},
 ])
 def test_valid_combinations_stay_valid(kwargs):
     GenerationConfig(**kwargs).validate()

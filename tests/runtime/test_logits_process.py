@@ -251,5 +251,21 @@ def test_built_list_matches_transformers(hf_model, kwargs):
         ids = np.concatenate([ids, rng.integers(3, 10, (rows, 1))], axis=1)  # [rows, cur_len + 1]
 
 
+@pytest.mark.parametrize("kwargs", BUILD_CONFIGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults")
+def test_dropping_finished_rows_keeps_per_row_state(kwargs):
+    """A loop that stops running finished rows passes `rows`: the result equals the full batch's rows."""
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, 10, (5, 9))
+    mask = np.ones_like(ids)
+    mask[1, :3] = mask[4, :2] = 0
+    ids[mask == 0] = 0
+    processors = lp.build_logits_processors(GenerationConfig(**kwargs), 6, attention_mask=mask)
+    scores = _scores(rng, 5, 64)
+    full = lp.apply_processors(processors, ids, scores)
+    for rows in (np.array([1, 4]), np.array([0, 2, 3]), np.array([4])):
+        got = lp.apply_processors(processors, ids[rows], scores[rows], rows=rows)
+        np.testing.assert_array_equal(got, full[rows])
+
+
 def test_docstring_examples():
     assert doctest.testmod(lp, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
