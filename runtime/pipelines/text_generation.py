@@ -129,7 +129,7 @@ class TextGenerationPipeline:
     # -- running ---------------------------------------------------------------------------------------
     def __call__(self, inputs: Any, **kwargs: Any):
         opts = {**self._init_kwargs, **self._check_kwargs(kwargs)}
-        single = isinstance(inputs, str) or _is_chat(inputs)
+        single = isinstance(inputs, str) or _is_chat(inputs) or not isinstance(inputs, (list, tuple))
         prompts = [inputs] if single else list(inputs)
         if not prompts:
             raise ModelkilnError("no inputs: pass a string, a chat, or a non-empty list of them")
