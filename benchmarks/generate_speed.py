@@ -4,8 +4,9 @@ vs ONNX Runtime GenAI, in one run, from the same ~45-token chat prompt, exactly 
     .venv/bin/python benchmarks/generate_speed.py [--new-tokens 128] [--skip-peers]
 
 The peers run in their own venvs, built here under benchmarks/.venvs/ on first use (optimum-onnx pins
-transformers<4.58; both get torch==2.13.0, the local CPU wheel). Their checkpoint is SmolLM2 de-quantized from the
-embedded GGUF and saved in transformers-4 format (the config they cannot read is converted). Each engine runs in a
+transformers<4.58, ORT GenAI's model builder needs transformers 5; both get torch==2.13.0, the local CPU wheel).
+Their checkpoint is SmolLM2 de-quantized from the embedded GGUF, saved with save_pretrained, and for optimum-onnx
+converted to transformers-4 format (the rope config it cannot read). Each engine runs in a
 fresh process; figures are the median of 3 timed runs after a warm-up. Prints a Markdown table with ratios, plus
 modelkiln's cold start (import + load + first token), per-step Python overhead outside onnxruntime, and peak RSS.
 """
@@ -26,7 +27,8 @@ CHAT = [{"role": "user", "content": "Explain in a few sentences why the sky is b
                                     "sunsets look red and orange."}]
 PEERS = {
     "optimum": ["optimum-onnx==0.1.0", "transformers<4.58", "onnxruntime==1.31.1"],
-    "ortgenai": ["onnxruntime-genai==0.18.0", "transformers<4.58", "onnx", "onnxruntime==1.31.1"],
+    # ORT GenAI's model builder imports transformers 5 classes (Qwen3.5); it reads the v5 checkpoint
+    "ortgenai": ["onnxruntime-genai==0.18.0", "transformers==5.23.0", "onnx", "onnx-ir", "onnxruntime==1.31.1"],
 }
 
 
@@ -81,19 +83,20 @@ def ensure_checkpoints() -> tuple[Path, Path, Path]:
 def ensure_venv(name: str, packages: list[str]) -> Path | None:
     venv = VENVS / name
     python = venv / "bin" / "python"
-    stamp = venv / ".installed"
-    if stamp.exists():
+    stamp = venv / ".installed"  # holds the package list it was built with: a changed list reinstalls
+    if stamp.exists() and stamp.read_text() == json.dumps(packages):
         return python
     log(f"building the {name} venv (first run only)…")
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q"]
         subprocess.run(pip + ["torch==2.13.0"], check=True)  # first, so nothing pulls a CUDA torch
         subprocess.run(pip + packages, check=True)
     except subprocess.CalledProcessError as e:
         log(f"could not build the {name} venv ({e}); its column is skipped")
         return None
-    stamp.touch()
+    stamp.write_text(json.dumps(packages))
     return python
 
 
@@ -122,7 +125,7 @@ def main() -> None:
     results["eager"] = run(main_python, "eager_runner.py", hf5, prompt_ids, opts.new_tokens)
     results["modelkiln"] = run(main_python, "modelkiln_runner.py", artifact, prompt_ids, opts.new_tokens)
     if not opts.skip_peers:
-        for peer, runner, model in (("optimum", "optimum_runner.py", hf4), ("ortgenai", "ortgenai_runner.py", hf4)):
+        for peer, runner, model in (("optimum", "optimum_runner.py", hf4), ("ortgenai", "ortgenai_runner.py", hf5)):
             python = ensure_venv(peer, PEERS[peer])
             results[peer] = run(python, runner, model, prompt_ids, opts.new_tokens) if python else None
     print_table(results, len(prompt_ids), opts.new_tokens)

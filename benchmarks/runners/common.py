@@ -9,7 +9,6 @@ median of REPEATS timed runs.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import time
@@ -35,8 +34,18 @@ def report(name, prompt_tokens, new_tokens, load_s, ttft, total, tokens, **extra
     print(json.dumps({
         "name": name, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "load_s": load_s,
         "ttft_s": ttft, "decode_tok_s": (new_tokens - 1) / (total - ttft), "total_tok_s": new_tokens / total,
-        "tokens": [int(t) for t in tokens], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "tokens": [int(t) for t in tokens], "peak_rss_mb": peak_rss_mb(),
         **extra}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage's ru_maxrss: that survives exec, so a runner started
+    by a driver holding a 2 GB model would report the driver's peak. VmHWM belongs to the new address space."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def now():
