@@ -4,9 +4,9 @@
     logits, cache = lm.forward(input_ids, attention_mask, position_ids, lm.empty_cache(batch=1))   # numpy cache
     logits, cache = lm.step(input_ids, attention_mask, position_ids, None)                          # OrtValue cache
 
-`forward` exchanges numpy arrays (what validation wants). `step` is the serving path: through IOBinding, each
-step's `present.*` outputs stay OrtValues and are bound as the next step's `past_key_values.*` inputs, so the
-cache never round-trips through numpy (no per-step copies of it in Python); only the logits come back.
+`forward` exchanges numpy arrays (what validation wants). `step` is the serving path: each step's `present.*`
+outputs stay onnxruntime OrtValues and are fed back as the next step's `past_key_values.*` inputs, so the cache
+never round-trips through numpy (no per-step copies of it in Python); only the logits come back.
 """
 
 from __future__ import annotations
@@ -73,20 +73,20 @@ class DecoderLM:
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: list[ort.OrtValue] | None) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        """Like `forward`, with the cache as OrtValues (None = empty: the prefill). Thread-safe: the binding
-        is per call and onnxruntime sessions accept concurrent runs."""
+        """Like `forward`, with the cache as OrtValues (None = empty: the prefill). Thread-safe: onnxruntime
+        sessions accept concurrent runs and nothing here is shared between calls.
+
+        subtle: `run_with_ort_values` rather than an IOBinding: binding 61 outputs one by one cost ~1.4 ms per
+        step on a 30-layer model in Python calls alone; this returns the outputs as OrtValues in one call.
+        """
         if cache is None:
             cache = self.empty_ort_cache(input_ids.shape[0])
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
-        for name, value in zip(self.past_names, cache):
-            binding.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        logits, *present = binding.get_outputs()
+        from_numpy = ort.OrtValue.ortvalue_from_numpy
+        feeds = {"input_ids": from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
+                 "attention_mask": from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)),
+                 "position_ids": from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64))}
+        feeds.update(zip(self.past_names, cache))
+        logits, *present = self.session.run_with_ort_values(self.output_names, feeds)
         return logits.numpy(), present
 
     @staticmethod

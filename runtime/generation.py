@@ -95,7 +95,7 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
         sequences = np.concatenate([sequences, out[:, step:step + 1]], axis=1)  # [rows, t + step + 1]
         if on_token is not None:
             on_token(active, tokens)
-        done = np.isin(tokens, eos) if eos.size else np.zeros(len(active), dtype=bool)
+        done = (tokens[:, None] == eos).any(axis=1)  # [a]; np.isin costs 0.1 ms per call at this size
         if stop is not None:
             done |= stop(active, out[active, :step + 1])
         if step == config.max_new_tokens - 1 or done.all():

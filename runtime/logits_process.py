@@ -48,9 +48,13 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def _eos_mask(vocab: int, eos_token_ids: Sequence[int]) -> np.ndarray:
-    """[V] bool, True at the EOS ids that exist in this vocabulary (torch.isin semantics: others are ignored)."""
-    return np.isin(np.arange(vocab), np.asarray(eos_token_ids, dtype=np.int64))
+def _mask_eos(scores: np.ndarray, eos_token_ids: Sequence[int]) -> np.ndarray:
+    """A copy of scores [b, V] with -inf at the EOS ids that exist in this vocabulary (torch.isin semantics:
+    others are ignored). Indexes the few ids directly: an isin over the whole vocabulary cost 0.1 ms a step."""
+    out = scores.copy()
+    ids = [i for i in eos_token_ids if 0 <= i < scores.shape[-1]]
+    out[..., ids] = np.float32(NEG_INF)
+    return out
 
 
 def _check_keep(min_tokens_to_keep: int):
@@ -151,7 +155,7 @@ class MinLength:
         scores = _f32(scores)
         if np.shape(input_ids)[-1] >= self.min_length:
             return scores.copy()
-        return np.where(_eos_mask(scores.shape[-1], self.eos_token_ids), np.float32(NEG_INF), scores)
+        return _mask_eos(scores, self.eos_token_ids)
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class MinNewTokensLength:
         scores = _f32(scores)
         if np.shape(input_ids)[-1] - self.prompt_length_to_skip >= self.min_new_tokens:
             return scores.copy()
-        return np.where(_eos_mask(scores.shape[-1], self.eos_token_ids), np.float32(NEG_INF), scores)
+        return _mask_eos(scores, self.eos_token_ids)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,193 @@
+"""An encoder artifact at run time: its tokenizer and its graph, run on length-sorted, dynamically padded batches.
+
+    model = EncoderModel(Artifact.load("art/ner"))
+    enc = model.tokenizer(["Hello Berlin", "Hi"], return_offsets_mapping=True)   # lists, no padding
+    rows = model.run(model.features(enc), batch_size=8)
+    rows[1]["logits"].shape                                       # (4, num_labels): trimmed to the row's length
+
+Rows are sorted by length before batching, so each batch pads only to its own longest row (a batch of 32
+short texts with one long one costs one long batch, not 32 long rows); results come back in input order.
+numpy + onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelkiln.runtime.artifact import Artifact
+from modelkiln.runtime.errors import ModelkilnError
+from modelkiln.runtime.session import create_session
+from modelkiln.runtime.tokenizer.hf import LARGE_INTEGER, PreTrainedTokenizer
+
+ENCODER_TASKS = ("feature-extraction", "sentence-similarity", "text-classification", "token-classification",
+                 "question-answering", "fill-mask")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One sequence to run: the graph inputs as lists (unpadded)."""
+
+    input_ids: list[int]
+    attention_mask: list[int]
+    token_type_ids: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class EncoderModel:
+    def __init__(self, artifact: Artifact, providers: list[str] | None = None, intra_op_threads: int | None = None):
+        if artifact.task not in ENCODER_TASKS:
+            raise ModelkilnError(f"artifact {artifact.root} was exported for {artifact.task!r}, not an encoder task "
+                                 f"({', '.join(ENCODER_TASKS)})")
+        self.artifact = artifact
+        self.info: dict[str, Any] = artifact.manifest.get("encoder") or {}
+        if artifact.file("tokenizer.json") is None:
+            raise ModelkilnError(f"artifact {artifact.root} has no tokenizer.json; re-export it from a checkpoint "
+                                 "that ships its tokenizer")
+        try:
+            self.tokenizer = PreTrainedTokenizer.from_pretrained(artifact.root)
+        except (OSError, ValueError) as e:
+            raise ModelkilnError(f"cannot load the tokenizer of artifact {artifact.root}: {e}") from None
+        self.session = create_session(artifact.graph_path("model"), providers, intra_op_threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # Outputs whose second axis is the sequence (trimmed per row); the others are per-sequence ([batch, labels]).
+        graph = artifact.graph("model")
+        self._per_token = {o["name"] for o in graph.get("outputs", []) if len(o["dims"]) >= 2
+                           and o["dims"][1] == "sequence_length"}
+        self.labels: dict[int, str] | None = None
+        if artifact.manifest.get("labels"):
+            self.labels = {int(k): v for k, v in artifact.manifest["labels"].items()}
+        self.pad_id = self.tokenizer.pad_token_id
+        self._warned_truncation = False
+
+    # ------------------------------------------------------------------ limits and tokenization
+    @property
+    def max_length(self) -> int | None:
+        """The longest sequence the model takes: the tokenizer's model_max_length, capped by the positions."""
+        limits = [n for n in (self.tokenizer.model_max_length, self.info.get("max_sequence_length"))
+                  if n and n < LARGE_INTEGER]
+        return min(limits) if limits else None
+
+    def encode(self, text, text_pair=None, *, warn_truncation: bool = True, **kwargs):
+        """tokenizer(text, text_pair, **kwargs); a row longer than `max_length` without an explicit `truncation`
+        is truncated to it with a warning (the graph cannot take it: its position table ends there)."""
+        enc = self.tokenizer(text, text_pair, **kwargs)
+        limit = self.max_length
+        if limit is None or kwargs.get("truncation") not in (None, False) or kwargs.get("max_length"):
+            return enc
+        lengths = [len(e.ids) for e in enc.encodings]
+        if max(lengths, default=0) <= limit:
+            return enc
+        if warn_truncation and not self._warned_truncation:
+            warnings.warn(f"an input has {max(lengths)} tokens, more than this model's limit of {limit}; it is "
+                          "truncated (pass truncation=True to do so silently)", UserWarning, stacklevel=3)
+            self._warned_truncation = True
+        return self.tokenizer(text, text_pair, **{**kwargs, "truncation": True, "max_length": limit})
+
+    def features(self, enc) -> list[Feature]:
+        """The graph inputs of each row of a tokenizer output (a BatchEncoding over a list of texts)."""
+        # transformers passes token_type_ids only when the tokenizer lists them; the graph then gets zeros
+        typed = "token_type_ids" in self.tokenizer.model_input_names
+        return [Feature(e.ids, e.attention_mask, e.type_ids if typed else None) for e in enc.encodings]
+
+    # ------------------------------------------------------------------ running
+    def run(self, features: list[Feature], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
+        """Every feature's outputs, batch by batch, each trimmed to the feature's own length."""
+        if not features:
+            return []
+        if self.pad_id is None and (batch_size or 1) > 1 and len({len(f) for f in features}) > 1:
+            raise ModelkilnError("this tokenizer has no pad_token, so inputs of different lengths cannot be batched; "
+                                 "use batch_size=1")
+        batch_size = max(1, int(batch_size or 1))
+        order = sorted(range(len(features)), key=lambda i: len(features[i]))
+        results: list[dict[str, np.ndarray] | None] = [None] * len(features)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            outputs, width = self._run_padded([features[i] for i in chunk])
+            left = self.tokenizer.padding_side == "left"
+            for row, i in enumerate(chunk):
+                n = len(features[i])
+                keep = slice(width - n, width) if left else slice(0, n)
+                results[i] = {name: (out[row, keep] if name in self._per_token else out[row])
+                              for name, out in zip(self.output_names, outputs)}
+        return results  # type: ignore[return-value]
+
+    def _run_padded(self, batch: list[Feature]) -> tuple[list[np.ndarray], int]:
+        width = max(len(f) for f in batch)
+        ids = np.full((len(batch), width), self.pad_id or 0, dtype=np.int64)  # [batch, width]
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.full((len(batch), width), self.tokenizer.pad_token_type_id, dtype=np.int64)
+        left = self.tokenizer.padding_side == "left"
+        for row, f in enumerate(batch):
+            cols = slice(width - len(f), width) if left else slice(0, len(f))
+            ids[row, cols] = f.input_ids
+            mask[row, cols] = f.attention_mask
+            types[row, cols] = f.token_type_ids if f.token_type_ids else 0
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        try:
+            outputs = self.session.run(self.output_names, {name: feed[name] for name in self.input_names})
+        except Exception as e:  # onnxruntime's own exception types; a bad id or length is the usual cause
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelkilnError(f"the model could not run on this input ({width} tokens): {first}") from e
+        return outputs, width
+
+
+class EncoderPipeline(abc.ABC):
+    """What every encoder pipeline shares: the model, the tokenizer, `batch_size`, and call defaults.
+
+    Keyword arguments given to `pipeline(task, model=..., **kwargs)` become defaults for every call, and a call's own
+    keywords override them, as in transformers: `pipeline("ner", model=art, aggregation_strategy="simple")`.
+    """
+
+    task = ""
+
+    def __init__(self, artifact: Artifact, providers: list[str] | None = None, batch_size: int | None = None,
+                 intra_op_threads: int | None = None, **defaults: Any):
+        self.model = EncoderModel(artifact, providers, intra_op_threads)
+        self.tokenizer = self.model.tokenizer
+        self.batch_size = batch_size
+        self._defaults = defaults
+        if defaults:
+            self._parameters(**defaults)  # refuse unknown or bad defaults now, not at the first call
+
+    @abc.abstractmethod
+    def _parameters(self, **kwargs: Any) -> dict[str, Any]:
+        """Validate and complete this call's parameters; unknown keywords raise TypeError (-> ModelkilnError)."""
+
+    def _merged(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        batch_size = kwargs.pop("batch_size", None)
+        if batch_size is None:
+            batch_size = self.batch_size or 1
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ModelkilnError(f"batch_size must be a positive integer, got {batch_size!r}")
+        try:
+            return self._parameters(**{**self._defaults, **kwargs}), batch_size
+        except TypeError as e:
+            raise ModelkilnError(f"{self.task} pipeline: {e}") from None
+
+
+def check_texts(texts: list, what: str = "input") -> None:
+    """Refuse empty strings and non-strings: the model would return an answer for them, a meaningless one."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ModelkilnError(f"{what} {i} is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise ModelkilnError(f"{what} {i} is an empty string; pass text to run the model on")
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """transformers' numpy softmax over the last axis (same operation order, so the same float32 rounding)."""
+    maxes = np.max(x, axis=-1, keepdims=True)
+    shifted_exp = np.exp(x - maxes)
+    return shifted_exp / shifted_exp.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
