@@ -18,15 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
+# Peak RSS is the child's VmHWM: getrusage's ru_maxrss survives exec, so it would report the driver's peak
+# (the driver holds the random checkpoints it just built).
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from modelkiln.exporter import ExportOptions, export
 out = export(sys.argv[1], sys.argv[2], ExportOptions(quiet=True))
 wall = time.perf_counter() - t0
 size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-print(json.dumps({"wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "artifact_mb": size / 1e6}))
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"wall_s": wall, "peak_rss_mb": hwm / 1024, "artifact_mb": size / 1e6}))
 """
 
 
@@ -37,7 +39,9 @@ def make_llama(folder: Path, **config) -> int:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(LlamaConfig(**config))
     model.save_pretrained(folder)
-    return sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())
+    del model  # free it before the export child runs
+    return params
 
 
 def run_export(source: str, output: Path) -> dict:
