@@ -57,6 +57,13 @@ def _remove_unused(model: ir.Model) -> dict[str, Any]:
     return {"removed_nodes": before - model.graph.num_nodes()}
 
 
+def _clear_metadata(model: ir.Model) -> dict[str, Any]:
+    """Drop torch.onnx's per-node provenance (stack traces, fx node text, namespaces): half of a 30-layer
+    graph file's bytes, read at every load and useful only while debugging the exporter."""
+    ir_common.ClearMetadataAndDocStringPass()(model)
+    return {}
+
+
 def _topological_sort(model: ir.Model) -> dict[str, Any]:
     ir_common.TopologicalSortPass()(model)
     return {}
@@ -67,6 +74,7 @@ PASSES: dict[str, Callable[..., dict[str, Any]]] = {
     "deduplicate_initializers": _deduplicate_initializers,
     "remove_unused": _remove_unused,
     "topological_sort": _topological_sort,
+    "clear_metadata": _clear_metadata,
 }
 
 # What every exported graph gets: store tied weights once, drop exact duplicates, tidy up.
@@ -75,6 +83,7 @@ EXPORT_PASSES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("deduplicate_initializers", {}),
     ("remove_unused", {}),
     ("topological_sort", {}),
+    ("clear_metadata", {}),
 )
 
 
