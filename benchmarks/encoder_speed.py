@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/encoder_speed.py [--repeats 30] [--skip-peers]
 
-Workloads on the real all-MiniLM-L6-v2 (fp32, CPU), each timed as the median of `--repeats` calls after warm-up:
+Workloads on the real all-MiniLM-L6-v2 (fp32, CPU), each timed as the median of `--repeats` calls, taken
+in 5 rounds interleaved between the runtimes after a warm-up round:
   embed   texts -> sentence embeddings (mean pooling + L2 normalization, as sentence-transformers does), at batch 1
           and 32, short (~20 tokens) and long (128 tokens) inputs. eager: transformers' tokenizer + BertModel under
           torch.no_grad + numpy pooling; optimum: transformers 4.57's tokenizer + ORTModelForFeatureExtraction (its
           own export) + the same pooling; ours: `pipeline("sentence-similarity").encode`.
-  classify  texts -> labels with a 2-label head on MiniLM (seeded random head): transformers.pipeline vs optimum's
-          ORTModelForSequenceClassification in transformers 4.57's pipeline vs ours, at batch 1 and 32 short inputs.
+  classify  texts -> labels with a 2-label head on MiniLM (seeded random head): eager tokenizer + model + softmax
+          vs optimum's ORTModelForSequenceClassification in transformers 4.57's pipeline vs ours
+          (`pipeline("text-classification")`), at batch 1 and 32 short inputs.
 The optimum peer runs in its own venv (optimum-onnx pins transformers<4.58), built under benchmarks/.venvs/optimum
 on first use (torch==2.13.0 first, so pip takes the CPU wheel); when it cannot be built its column is skipped with
 the reason printed. Prints a Markdown table with speed-ups over eager (README "Encoder tasks").
@@ -49,17 +51,6 @@ def make_texts(tokenizer, n: int, tokens: int) -> list[str]:
             words.pop()
         texts.append(" ".join(words))
     return texts
-
-
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def ensure_inputs() -> tuple[Path, Path, Path, Path]:
@@ -108,14 +99,16 @@ def ensure_optimum_venv() -> tuple[Path | None, str]:
     return python, ""
 
 
-# The optimum worker: runs inside the optimum venv (transformers 4.57), prints one JSON line of timings.
+# The optimum worker runs inside the optimum venv (transformers 4.57) and stays up: it answers one line per request
+# on stdin ("KEY CALLS" -> a JSON list of per-call seconds), so its rounds interleave with eager's and ours. On a
+# shared machine the load changes minute to minute; timing the peers minutes apart would compare the load.
 OPTIMUM_WORKER = r"""
-import json, statistics, sys, time
+import json, sys, time
 from pathlib import Path
 import numpy as np
 from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTModelForSequenceClassification
 from transformers import AutoTokenizer, pipeline
-minilm, clf, cache, spec = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
+minilm, clf, cache, workloads = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
 
 def load(cls, source, folder):
     if (folder / "model.onnx").exists():
@@ -123,13 +116,6 @@ def load(cls, source, folder):
     model = cls.from_pretrained(source, export=True)
     model.save_pretrained(folder)
     return model
-
-def median_ms(fn, repeats, warmup=3):
-    for _ in range(warmup): fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 tok = AutoTokenizer.from_pretrained(minilm)
 emb = load(ORTModelForFeatureExtraction, minilm, cache / "optimum-minilm")
@@ -141,14 +127,48 @@ def embed(texts):
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 clf_model = load(ORTModelForSequenceClassification, clf, cache / "optimum-minilm-clf")
 classifier = pipeline("text-classification", model=clf_model, tokenizer=AutoTokenizer.from_pretrained(clf))
-out = {}
-for key, (kind, texts, batch) in spec["workloads"].items():
-    if kind == "embed":
-        out[key] = median_ms(lambda: embed(texts), spec["repeats"])
-    else:
-        out[key] = median_ms(lambda: classifier(texts, batch_size=batch), spec["repeats"])
-print(json.dumps(out))
+print("ready", flush=True)
+for line in sys.stdin:
+    key, calls = line.rsplit(" ", 1)
+    kind, texts, batch = workloads[key]
+    fn = (lambda: embed(texts)) if kind == "embed" else (lambda: classifier(texts, batch_size=batch))
+    times = []
+    for _ in range(int(calls)):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    print(json.dumps(times), flush=True)
 """
+
+
+def timed_calls(fn, calls: int) -> list[float]:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class OptimumPeer:
+    """The persistent optimum worker (OPTIMUM_WORKER): `peer(key, calls)` -> per-call seconds."""
+
+    def __init__(self, python: Path, minilm: Path, clf_ckpt: Path, workloads: dict):
+        self.proc = subprocess.Popen(
+            [str(python), "-c", OPTIMUM_WORKER, str(minilm), str(clf_ckpt), str(CACHE), json.dumps(workloads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        while line and line.strip() != "ready":  # optimum's export chatter before the worker is ready
+            line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the optimum worker exited with code {self.proc.wait()}")
+
+    def __call__(self, key: str, calls: int) -> list[float]:
+        self.proc.stdin.write(f"{key} {calls}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def main() -> None:
@@ -160,7 +180,6 @@ def main() -> None:
 
     import torch
     import transformers
-
     from modelkiln.runtime.pipelines import pipeline
 
     minilm, clf_ckpt, emb_art, clf_art = ensure_inputs()
@@ -183,36 +202,57 @@ def main() -> None:
         pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
-    eager_clf = transformers.pipeline("text-classification", model=str(clf_ckpt), device="cpu")
+    # eager classification written out (tokenize, forward, softmax, label): transformers 5's pipeline adds a fixed
+    # ~0.5 s per list call on these machines (its DataLoader), which would flatter the ratio
+    clf_model = transformers.AutoModelForSequenceClassification.from_pretrained(clf_ckpt).eval()
+
+    def eager_clf(texts, batch_size=32):
+        labels = []
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt")
+            with torch.no_grad():
+                probs = clf_model(**enc).logits.softmax(-1)
+            labels += [{"label": clf_model.config.id2label[int(j)], "score": float(p[j])}
+                       for p, j in zip(probs, probs.argmax(-1))]
+        return labels
+
     ours_emb = pipeline("sentence-similarity", model=emb_art)
     ours_clf = pipeline("text-classification", model=clf_art)
-    results: dict[str, dict[str, float]] = {"eager": {}, "ours": {}}
-    for key, (kind, texts, batch) in workloads.items():
-        log(f"timing {key}…")
-        if kind == "embed":
-            results["eager"][key] = median_ms(lambda: eager_embed(texts), args.repeats)
-            results["ours"][key] = median_ms(lambda: ours_emb.encode(texts, batch_size=batch), args.repeats)
-        else:
-            results["eager"][key] = median_ms(lambda: eager_clf(texts, batch_size=batch), args.repeats)
-            results["ours"][key] = median_ms(lambda: ours_clf(texts, batch_size=batch), args.repeats)
     # same answers, or the timings compare different work
     np.testing.assert_allclose(ours_emb.encode(short), eager_embed(short), atol=1e-4)
     assert [r["label"] for r in ours_clf(short)] == [r["label"] for r in eager_clf(short)]
-
-    skipped = ""
+    runners = {
+        "eager": {key: (lambda t=t: eager_embed(t)) if kind == "embed" else (lambda t=t, b=b: eager_clf(t, b))
+                  for key, (kind, t, b) in workloads.items()},
+        "ours": {key: (lambda t=t, b=b: ours_emb.encode(t, batch_size=b)) if kind == "embed"
+                 else (lambda t=t, b=b: ours_clf(t, batch_size=b)) for key, (kind, t, b) in workloads.items()},
+    }
+    peer, skipped = None, ""
     if args.skip_peers:
         skipped = "optimum-onnx skipped (--skip-peers)"
     else:
         python, skipped = ensure_optimum_venv()
         if python is not None:
-            log("timing optimum-onnx (its own venv)…")
-            spec = json.dumps({"repeats": args.repeats, "workloads": workloads})
-            proc = subprocess.run([str(python), "-c", OPTIMUM_WORKER, str(minilm), str(clf_ckpt), str(CACHE), spec],
-                                  capture_output=True, text=True)
-            if proc.returncode == 0:
-                results["optimum"] = json.loads(proc.stdout.strip().splitlines()[-1])
-            else:
-                skipped = f"optimum-onnx failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else '?'}"
+            log("starting optimum-onnx in its own venv…")
+            try:
+                peer = OptimumPeer(python, minilm, clf_ckpt, workloads)
+            except (RuntimeError, OSError, ValueError) as e:
+                skipped = f"optimum-onnx skipped: {e}"
+
+    # Rounds interleave the runtimes per workload, so each sees the same load on this shared machine.
+    rounds, calls = 5, max(1, args.repeats // 5)
+    names = ["eager", "ours"] + (["optimum"] if peer is not None else [])
+    times: dict[str, dict[str, list[float]]] = {name: {key: [] for key in workloads} for name in names}
+    for key in workloads:
+        log(f"timing {key}…")
+        for round_ in range(rounds + 1):  # round 0 is the warm-up
+            for name in names:
+                measured = peer(key, calls) if name == "optimum" else timed_calls(runners[name][key], calls)
+                if round_:
+                    times[name][key] += measured
+    if peer is not None:
+        peer.close()
+    results = {name: {key: statistics.median(v) * 1e3 for key, v in per.items()} for name, per in times.items()}
 
     has_optimum = "optimum" in results
     head = "| workload | eager ms | " + ("optimum-onnx ms | " if has_optimum else "") + "modelkiln ms | modelkiln vs eager |"
@@ -230,8 +270,9 @@ def main() -> None:
         print(row)
     if skipped:
         print(f"\n{skipped}")
-    print(f"\n(median of {args.repeats} calls; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"onnxruntime default threads)")
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    print(f"\n(median of {rounds * calls} calls in {rounds} interleaved rounds; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; onnxruntime default threads; load average {' '.join(load)})")
 
 
 if __name__ == "__main__":

@@ -134,17 +134,19 @@ def _infer_task(src, options: ExportOptions) -> str:
 
 def _export_encoder(src, output: Path, options: ExportOptions, progress: Progress) -> Path:
     """The encoder path (exporter/encoder.py): one graph, task head included, no KV cache."""
-    from modelkiln.exporter.encoder import ENCODER_TASKS, check_encoder_family, trace_encoder
+    from modelkiln.exporter.encoder import ENCODER_TASKS, check_encoder_family, check_labels, trace_encoder
     from modelkiln.graphs import EXPORT_PASSES, run_passes, save_with_external_data
 
     task = ENCODER_TASKS[options.task]
     with progress.step(f"loading {src.spec}"):
         check_encoder_family(load_config(src, options.trust_remote_code), options.task)  # before the weights
+        # eager attention: a plainer graph than SDPA's (no NaN guards for fully masked rows), and faster on ORT
         loaded = load_source(src, auto_class=task.auto_class, dtype=DTYPES[options.dtype],
-                             trust_remote_code=options.trust_remote_code)
+                             trust_remote_code=options.trust_remote_code, attn_implementation="eager")
     if loaded.tokenizer is None:
         raise ModelkilnError(f"SOURCE {src.spec!r} ships no tokenizer; encoder tasks need one (tokenizer.json) to "
                              "serve text")
+    check_labels(loaded.model, options.task, src.path if src.kind == "directory" else None)
     with progress.step(f"tracing {loaded.config.model_type} ({options.task}) to ONNX"):
         graph, _ = trace_encoder(loaded.model, options.task, opset=options.opset)
     with progress.step("optimizing the graph"):

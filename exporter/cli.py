@@ -73,7 +73,10 @@ def _parse_tolerances(items: tuple[str, ...]):
 @cli.command()
 @click.argument("source")
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--task", default="text-generation", show_default=True, help="What the artifact does.")
+@click.option("--task", default="text-generation", show_default=True,
+              help="What the artifact does: text-generation, feature-extraction, sentence-similarity, "
+                   "text-classification (alias sentiment-analysis), token-classification (alias ner), "
+                   "question-answering, fill-mask, or auto (from the checkpoint's architectures).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")

@@ -199,13 +199,22 @@ def max_sequence_length(config) -> int | None:
     return positions - family.position_offset if positions else None
 
 
-def _labels_check(model, task: str) -> None:
+def check_labels(model, task: str, source_path: Path | None) -> None:
+    """The head's labels must be the checkpoint's own: transformers silently swaps an id2label that does not
+    cover the head (say 2 names for 3 outputs) for LABEL_0..LABEL_2, and the artifact would answer with those."""
+    if task not in ("text-classification", "token-classification"):
+        return
     config = model.config
-    if task in ("text-classification", "token-classification"):
-        width = model.config.num_labels
-        if len(config.id2label) != width or any(i not in config.id2label for i in range(width)):
-            raise ModelkilnError(f"the config's id2label has ids {sorted(config.id2label)} but the head has {width} "
-                                 "outputs; fix id2label/label2id in config.json")
+    width = config.num_labels
+    if len(config.id2label) != width or any(i not in config.id2label for i in range(width)):
+        raise ModelkilnError(f"the config's id2label has ids {sorted(config.id2label)} but the head has {width} "
+                             "outputs; fix id2label/label2id in config.json")
+    raw = source_path / "config.json" if source_path is not None else None
+    if raw is not None and raw.is_file():
+        declared = json.loads(raw.read_text(encoding="utf-8")).get("id2label")
+        if declared is not None and len(declared) != width:
+            raise ModelkilnError(f"{raw} names {len(declared)} labels in id2label but the {task} head has {width} "
+                                 "outputs; fix id2label/label2id (and num_labels) in config.json")
 
 
 class EncoderWithHead:
@@ -233,10 +242,8 @@ class EncoderWithHead:
 def trace_encoder(model, task: str, opset: int = 18, verbose: bool = False):
     """Return the exported graph (an `onnx_ir.Model`) and its input names."""
     import torch
-
     from modelkiln.exporter.decoder import fold_constants
 
-    _labels_check(model, task)
     config = model.config
     names = graph_input_names(config.model_type)
     outputs = ENCODER_TASKS[task].outputs

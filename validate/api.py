@@ -21,7 +21,7 @@ from modelkiln.validate.compare import Tolerance, resolve_tolerance
 from modelkiln.validate.report import ParityReport
 
 
-def _load_reference(reference, artifact: Artifact):
+def _load_reference(reference, artifact: Artifact, auto_class: str = "AutoModelForCausalLM"):
     from modelkiln.exporter.sources import LoadedModel, load_source, resolve_source, source_file_hashes
 
     if isinstance(reference, LoadedModel):
@@ -29,7 +29,7 @@ def _load_reference(reference, artifact: Artifact):
     else:
         source = resolve_source(str(reference))
         _check_weights_match(artifact, source_file_hashes(source), str(reference))
-        loaded = load_source(source, dtype="float32")
+        loaded = load_source(source, auto_class=auto_class, dtype="float32")
     _check_architecture_match(artifact, loaded.config, loaded.source.spec)
     model = loaded.model
     import torch
@@ -70,6 +70,10 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
     from modelkiln.validate.runner import CaseContext, run_case
 
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    from modelkiln.exporter.encoder import ENCODER_TASKS
+
+    if art.task in ENCODER_TASKS:
+        return _validate_encoder(art, reference, tolerances, quiet, debug)
     if art.task != "text-generation":
         raise ModelkilnError(f"validate does not support task {art.task!r} yet")
     if new_tokens < 1:
@@ -94,5 +98,28 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
             for line in result.lines(verbose=False):
                 print(line, flush=True)
     table = {name: resolve_tolerance(name, precision, tolerances) for name in compiled.output_names}
+    return ParityReport(artifact=str(Path(art.root)), reference=str(loaded.source.spec), task=art.task,
+                        precision=precision, tolerances=table, cases=results, versions=tool_versions())
+
+
+def _validate_encoder(art: Artifact, reference, tolerances, quiet: bool, debug: bool) -> ParityReport:
+    """Encoder tasks (validate/encoder_cases.py): outputs elementwise, then pipeline answers."""
+    from modelkiln.exporter.api import tool_versions
+    from modelkiln.exporter.encoder import ENCODER_TASKS
+    from modelkiln.exporter.progress import Progress
+    from modelkiln.validate.encoder_cases import EncoderContext, default_cases, run_encoder_case
+
+    with Progress(quiet).step(f"loading reference {reference if isinstance(reference, (str, os.PathLike)) else ''}"):
+        loaded, model = _load_reference(reference, art, ENCODER_TASKS[art.task].auto_class)
+    precision = art.precision
+    ctx = EncoderContext(art, loaded, model, lambda name: resolve_tolerance(name, precision, tolerances))
+    results = []
+    for case in default_cases(art.task, loaded.tokenizer):
+        result = run_encoder_case(ctx, case, debug=debug)
+        results.append(result)
+        if not quiet:
+            for line in result.lines(verbose=False):
+                print(line, flush=True)
+    table = {name: resolve_tolerance(name, precision, tolerances) for name in ctx.output_names}
     return ParityReport(artifact=str(Path(art.root)), reference=str(loaded.source.spec), task=art.task,
                         precision=precision, tolerances=table, cases=results, versions=tool_versions())

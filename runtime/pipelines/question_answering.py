@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from modelkiln.runtime.encoder import EncoderPipeline, Feature
 from modelkiln.runtime.errors import ModelkilnError
 
