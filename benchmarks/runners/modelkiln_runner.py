@@ -23,16 +23,17 @@ cold_start_s = now() - t_import  # import + load (hash check included) + first t
 
 # Per-step overhead = decode wall time - time inside onnxruntime's run, per step.
 session_runs: list[float] = []
-run_with_iobinding = lm.session.run_with_iobinding
+run_with_ort_values = lm.session.run_with_ort_values  # what DecoderLM.step calls once per step
 
 
-def timed_run_with_iobinding(binding, *a, **k):
+def timed_run_with_ort_values(*a, **k):
     t = time.perf_counter()
-    run_with_iobinding(binding, *a, **k)
+    outputs = run_with_ort_values(*a, **k)
     session_runs.append(time.perf_counter() - t)
+    return outputs
 
 
-lm.session.run_with_iobinding = timed_run_with_iobinding
+lm.session.run_with_ort_values = timed_run_with_ort_values
 overheads = []
 
 
@@ -43,6 +44,7 @@ def run_once():
     out = generate(lm, ids, mask, config, on_token=lambda rows, toks: stamps.append(now()))
     total = now() - t0
     steps = len(stamps) - 1  # decode steps between the first and the last token
+    assert len(session_runs) == steps + 1, "the timing hook missed session runs"  # prefill + one per decode step
     overheads.append((stamps[-1] - stamps[0] - sum(session_runs[1:])) / steps)  # session_runs[0] is the prefill
     return stamps[0] - t0, total, out[0].tolist()
 
