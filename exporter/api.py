@@ -96,20 +96,28 @@ def export(source: str, output: str | Path, options: ExportOptions = ExportOptio
     with progress.step(f"tracing {loaded.config.model_type} ({layout.num_layers} layers) to ONNX"):
         graph = trace_decoder(loaded.model, layout, opset=options.opset)
 
-    from modelkiln.graphs import EXPORT_PASSES, io_signature, rename_dims, run_passes, save_with_external_data
     from modelkiln.exporter.decoder import PAST, SEQ, TOTAL
+    from modelkiln.graphs import EXPORT_PASSES, rename_dims, run_passes
 
     with progress.step("optimizing the graph"):
         rename_dims(graph, {f"{PAST} + {SEQ}": TOTAL, f"{SEQ} + {PAST}": TOTAL})
         pass_records = run_passes(graph, EXPORT_PASSES)
 
+    return _write_artifact(output, options, progress, loaded, graph, lambda files, tokenizer_files: _manifest(
+        loaded, options, layout, graph, files, pass_records, tokenizer_files))
+
+
+def _write_artifact(output: Path, options: ExportOptions, progress: Progress, loaded: LoadedModel, graph,
+                    manifest_for) -> Path:
+    """Save graph + sidecar files + manifest into a staging directory, validate there when asked, and let
+    `staging_directory` rename it into OUTPUT. `manifest_for(files, tokenizer_files)` builds the manifest."""
+    from modelkiln.graphs import save_with_external_data
+
     with staging_directory(output, options.force) as tmp:
         with progress.step("saving the artifact"):
             files = save_with_external_data(graph, tmp, "model.onnx")
             tokenizer_files = _save_sidecar_files(loaded, tmp)
-            manifest = write_manifest(
-                tmp, _manifest(loaded, options, layout, graph, files, pass_records, tokenizer_files))
-            del graph
+            manifest = write_manifest(tmp, manifest_for(files, tokenizer_files))
         progress.info(f"  {_size_mb(manifest)} MB in {len(manifest['files'])} files")
         if options.validate:
             from modelkiln.validate import validate
@@ -135,7 +143,7 @@ def _infer_task(src, options: ExportOptions) -> str:
 def _export_encoder(src, output: Path, options: ExportOptions, progress: Progress) -> Path:
     """The encoder path (exporter/encoder.py): one graph, task head included, no KV cache."""
     from modelkiln.exporter.encoder import ENCODER_TASKS, check_encoder_family, check_labels, trace_encoder
-    from modelkiln.graphs import EXPORT_PASSES, run_passes, save_with_external_data
+    from modelkiln.graphs import EXPORT_PASSES, run_passes
 
     task = ENCODER_TASKS[options.task]
     with progress.step(f"loading {src.spec}"):
@@ -151,25 +159,8 @@ def _export_encoder(src, output: Path, options: ExportOptions, progress: Progres
         graph, _ = trace_encoder(loaded.model, options.task, opset=options.opset)
     with progress.step("optimizing the graph"):
         pass_records = run_passes(graph, EXPORT_PASSES)
-    with staging_directory(output, options.force) as tmp:
-        with progress.step("saving the artifact"):
-            files = save_with_external_data(graph, tmp, "model.onnx")
-            tokenizer_files = _save_sidecar_files(loaded, tmp)
-            manifest = write_manifest(tmp, _encoder_manifest(loaded, options, graph, files, pass_records,
-                                                             tokenizer_files))
-            del graph
-        progress.info(f"  {_size_mb(manifest)} MB in {len(manifest['files'])} files")
-        if options.validate:
-            from modelkiln.validate import validate
-
-            with progress.step("validating against eager PyTorch"):
-                report = validate(tmp, loaded, quiet=True)
-                report.write(json=tmp / "parity.json", markdown=tmp / "parity.md")
-            for line in report.lines(verbose=False):
-                progress.info(line)
-            if not report.passed:
-                progress.info(f"parity FAILED; the artifact and its report are in {output}")
-    return output
+    return _write_artifact(output, options, progress, loaded, graph, lambda files, tokenizer_files: _encoder_manifest(
+        loaded, options, graph, files, pass_records, tokenizer_files))
 
 
 def _encoder_manifest(loaded: LoadedModel, options: ExportOptions, graph, files, pass_records,

@@ -48,5 +48,21 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+class FirstTokenClock:
+    """A transformers streamer (generate() only calls put/end) that records when the first new token arrives:
+    put() gets the prompt first, then each token."""
+
+    def __init__(self):
+        self.calls, self.first = 0, None
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 2:
+            self.first = now()
+
+    def end(self):
+        pass
+
+
 def now():
     return time.perf_counter()

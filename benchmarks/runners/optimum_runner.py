@@ -5,9 +5,8 @@ MODEL_DIR is a transformers-4 checkpoint; the ONNX export is cached beside it in
 import os
 
 import torch
-from common import args, now, report, timed_runs
+from common import FirstTokenClock, args, now, report, timed_runs
 from optimum.onnxruntime import ORTModelForCausalLM
-from transformers import TextStreamer
 
 model_dir, prompt_ids, new_tokens = args()
 onnx_dir = model_dir.rstrip("/") + "-optimum"
@@ -23,21 +22,9 @@ load_s = now() - start
 ids = {"input_ids": torch.tensor([prompt_ids]), "attention_mask": torch.ones((1, len(prompt_ids)), dtype=torch.long)}
 
 
-class FirstToken(TextStreamer):
-    def __init__(self):
-        self.calls, self.first = 0, None
-
-    def put(self, value):
-        self.calls += 1
-        if self.calls == 2:
-            self.first = now()
-
-    def end(self):
-        pass
-
 
 def run_once():
-    streamer = FirstToken()
+    streamer = FirstTokenClock()
     t0 = now()
     out = model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                          streamer=streamer)
