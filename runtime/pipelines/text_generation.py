@@ -73,9 +73,6 @@ class TextGenerationPipeline:
         self._model_set = {k for k in raw if k in _GENERATION_KEYS and raw[k] is not None
                            and getattr(self.model_generation_config, k) != getattr(default, k)}
         self._init_kwargs = self._check_kwargs(defaults)
-        # the HF-style tokenizer call sets truncation/padding on its backend for the call's duration: serialize
-        # encodes so concurrent requests with different truncation never see each other's settings
-        self._encode_lock = threading.Lock()
 
     # -- options ---------------------------------------------------------------------------------------
     @staticmethod
@@ -112,14 +109,12 @@ class TextGenerationPipeline:
             text = self._template.render(list(prompt), add_generation_prompt=not cont, continue_final_message=cont,
                                          tools=opts.get("tools"), documents=opts.get("documents"),
                                          **(opts.get("chat_template_kwargs") or {}))
-            with self._encode_lock:
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         elif isinstance(prompt, str):
             kwargs = {k: opts[k] for k in ("add_special_tokens", "truncation") if opts.get(k) is not None}
             if opts.get("truncation"):
                 kwargs["max_length"] = self._prompt_budget(opts)
-            with self._encode_lock:
-                ids = self.tokenizer(opts.get("prefix", "") + prompt, **kwargs)["input_ids"]
+            ids = self.tokenizer(opts.get("prefix", "") + prompt, **kwargs)["input_ids"]
         else:
             raise ModelkilnError(f"a text-generation input must be a string or a chat (list of role/content dicts), "
                                  f"got {type(prompt).__name__}")

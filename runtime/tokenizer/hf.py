@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import threading
 from typing import Any, Sequence
 
 from modelkiln.runtime.tokenizer.added_vocabulary import AddedToken
@@ -115,6 +116,7 @@ class PreTrainedTokenizer:
                  name_or_path: str = ""):
         config = dict(config or {})
         self._tokenizer = tokenizer
+        self._call_lock = threading.Lock()
         self.name_or_path = name_or_path
         self.init_kwargs = config
         self.tokenizer_class = config.get("tokenizer_class") or "TokenizersBackend"
@@ -306,20 +308,24 @@ class PreTrainedTokenizer:
             inputs = [(text, text_pair)] if text_pair else [text]
 
         tok = self._tokenizer
-        if trunc == "do_not_truncate":
-            tok.no_truncation()
-        else:
-            tok.enable_truncation(max_length, stride=stride, strategy=trunc, direction=self.truncation_side)
-        if pad == "do_not_pad":
-            tok.no_padding()
-        else:
-            tok.enable_padding(
-                direction=padding_side or self.padding_side, pad_id=self.pad_token_id,
-                pad_type_id=self.pad_token_type_id, pad_token=self.pad_token,
-                length=max_length if pad == "max_length" else None,
-                pad_to_multiple_of=pad_to_multiple_of,
-            )
-        encodings = tok.encode_batch(inputs, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens)
+        # The backend holds truncation/padding as state (the tokenizers API); this call sets it for itself, so
+        # the set-then-encode pair runs under a lock: concurrent calls with other settings cannot interleave.
+        with self._call_lock:
+            if trunc == "do_not_truncate":
+                tok.no_truncation()
+            else:
+                tok.enable_truncation(max_length, stride=stride, strategy=trunc, direction=self.truncation_side)
+            if pad == "do_not_pad":
+                tok.no_padding()
+            else:
+                tok.enable_padding(
+                    direction=padding_side or self.padding_side, pad_id=self.pad_token_id,
+                    pad_type_id=self.pad_token_type_id, pad_token=self.pad_token,
+                    length=max_length if pad == "max_length" else None,
+                    pad_to_multiple_of=pad_to_multiple_of,
+                )
+            encodings = tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                         add_special_tokens=add_special_tokens)
 
         if return_token_type_ids is None:
             return_token_type_ids = "token_type_ids" in self.model_input_names
