@@ -9,6 +9,11 @@ one we read; every listed file exists inside the directory (no absolute paths, n
 it), has its recorded size and sha256; every external-data `location` inside a graph is a listed file of
 the artifact. Reports (`parity.json`, `parity.md`) are written after export by `validate`, so they are
 not hash-listed: they describe the artifact, they are not part of what gets served.
+
+Hashing 540 MB costs ~0.6 s of a serving process's cold start, so a full check remembers what it verified, git-index
+style: `~/.cache/modelkiln/verified.json` (or `$MODELKILN_CACHE`) maps each verified file to its sha256 and its
+(size, mtime_ns, ctime_ns, inode). A later load skips hashing a file only when all of those still match; any
+write to the file changes its ctime, which an unprivileged process cannot set back.
 """
 
 from __future__ import annotations
@@ -47,6 +52,47 @@ def safe_member(root: Path, name: str) -> Path:
     return path
 
 
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+class _VerifiedCache:
+    """Files whose sha256 a full check already computed, keyed by resolved path, valid while their stat holds."""
+
+    def __init__(self, location: Path, entries: dict):
+        self.location, self.entries, self.dirty = location, entries, False
+
+    @classmethod
+    def load(cls) -> _VerifiedCache:
+        root = os.environ.get("MODELKILN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "modelkiln")
+        location = Path(root) / "verified.json"
+        try:
+            entries = json.loads(location.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # no cache yet, or unreadable: everything gets hashed
+            entries = {}
+        return cls(location, entries if isinstance(entries, dict) else {})
+
+    def still_verified(self, path: Path, sha256: str | None) -> bool:
+        entry = self.entries.get(str(path.resolve()))
+        return bool(entry) and entry[0] == sha256 and entry[1:] == _stat_key(path)
+
+    def remember(self, path: Path, sha256: str) -> None:
+        self.entries[str(path.resolve())] = [sha256, *_stat_key(path)]
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            self.location.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.location.with_name(f".verified.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries), encoding="utf-8")
+            os.replace(tmp, self.location)
+        except OSError:  # a read-only home only costs the next process a re-hash
+            pass
+
+
 @dataclass(frozen=True)
 class Artifact:
     root: Path
@@ -78,6 +124,7 @@ class Artifact:
     # -- checks ---------------------------------------------------------------------------------------
     def verify(self, hashes: bool = True) -> None:
         files = self.manifest.get("files")
+        cache = _VerifiedCache.load() if hashes else None
         if not isinstance(files, dict) or not files:
             raise ArtifactError(f"{self.root / MANIFEST} lists no files; re-export the artifact")
         for name, meta in files.items():
@@ -89,9 +136,13 @@ class Artifact:
                 raise ArtifactError(
                     f"artifact file {name} has {size} bytes, the manifest says {meta.get('size')}: truncated or "
                     "modified; re-export the artifact")
-            if hashes and sha256_file(path) != meta.get("sha256"):
-                raise ArtifactError(f"artifact file {name} fails its sha256 check (modified or corrupt); "
-                                    "re-export the artifact")
+            if hashes and not cache.still_verified(path, meta.get("sha256")):
+                if sha256_file(path) != meta.get("sha256"):
+                    raise ArtifactError(f"artifact file {name} fails its sha256 check (modified or corrupt); "
+                                        "re-export the artifact")
+                cache.remember(path, meta["sha256"])
+        if cache is not None:
+            cache.save()
         for graph in self.manifest.get("graphs", {}).values():
             self._check_external_data(graph["file"])
 

@@ -194,3 +194,31 @@ def test_console_script_is_one_line_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+
+
+def test_hash_check_is_remembered_until_the_file_changes(tmp_path, tiny_artifact, monkeypatch):
+    """A second full load skips re-hashing unchanged files; same-size edits with the mtime put back are caught."""
+    import os
+
+    import modelkiln.runtime.artifact as artifact_module
+    from modelkiln.runtime.artifact import Artifact
+    from modelkiln.runtime.errors import ArtifactError
+
+    monkeypatch.setenv("MODELKILN_CACHE", str(tmp_path / "cache"))
+    art = _copy_artifact(tiny_artifact("llama"), tmp_path / "art")
+    hashed = []
+    real = artifact_module.sha256_file
+    monkeypatch.setattr(artifact_module, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    Artifact.load(art)
+    assert "model.onnx.data" in hashed
+    hashed.clear()
+    Artifact.load(art)
+    assert hashed == []
+    data = art / "model.onnx.data"
+    st = data.stat()
+    raw = bytearray(data.read_bytes())
+    raw[200] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only ctime tells
+    with pytest.raises(ArtifactError, match="sha256"):
+        Artifact.load(art)
