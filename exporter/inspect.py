@@ -43,6 +43,17 @@ def describe(art: Artifact) -> str:
     if kv:
         lines.append(f"kv cache    {kv['num_layers']} layers × {kv['num_kv_heads']} kv heads × {kv['head_dim']} head "
                      f"dim, {kv['dtype']}  ({kv['past_key']} → {kv['present_key']})")
+    encoder = m.get("encoder")
+    if encoder:
+        pooling = encoder.get("pooling")
+        pooled = (f"  pooling {', '.join(pooling.get('modes', []))}{' + normalize' if pooling.get('normalize') else ''}"
+                  if pooling else "")
+        lines.append(f"encoder     inputs {', '.join(encoder.get('inputs', []))}  max length "
+                     f"{encoder.get('max_sequence_length')}{pooled}")
+    labels = m.get("labels")
+    if labels:
+        shown = ", ".join(f"{k}={v}" for k, v in list(labels.items())[:8])
+        lines.append(f"labels      {len(labels)}: {shown}{', …' if len(labels) > 8 else ''}")
     gen = m.get("generation") or {}
     if gen:
         lines.append(f"generation  bos {gen.get('bos_token_id')}  eos {gen.get('eos_token_id')}  pad "
