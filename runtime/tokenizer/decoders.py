@@ -16,6 +16,8 @@ from typing import Any
 
 import regex
 
+from modelkiln.runtime.tokenizer.normalizers import BYTES_TO_CHAR, CHAR_TO_BYTE
+
 
 class Decoder:
     """Base class: subclasses implement `decode_chain`."""
@@ -27,21 +29,8 @@ class Decoder:
         return "".join(self.decode_chain(list(tokens)))
 
 
-def _bytes_char() -> dict[int, str]:
-    """GPT-2's byte → printable character table (printable bytes map to themselves)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    cs = list(bs)
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
-BYTES_CHAR = _bytes_char()
-CHAR_BYTES = {c: b for b, c in BYTES_CHAR.items()}
+# GPT-2's byte <-> printable character table, shared with the ByteLevel normalizer/pre-tokenizer
+BYTES_CHAR, CHAR_BYTES = BYTES_TO_CHAR, CHAR_TO_BYTE
 
 
 class ByteLevel(Decoder):
