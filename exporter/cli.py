@@ -86,7 +86,8 @@ def _parse_tolerances(items: tuple[str, ...]):
 @click.option("--quiet", "-q", is_flag=True, help="No progress output (CI logs).")
 def export(source, output, task, dtype, opset, force, run_validate, trust_remote_code, revision, quiet):
     """Export SOURCE (checkpoint dir, .gguf file or Hub id) to the artifact directory OUTPUT."""
-    from modelkiln.exporter.api import ExportOptions, export as do_export
+    from modelkiln.exporter.api import ExportOptions
+    from modelkiln.exporter.api import export as do_export
 
     options = ExportOptions(task=task, dtype=dtype, opset=opset, force=force, validate=run_validate, quiet=quiet,
                             trust_remote_code=trust_remote_code, revision=revision)

@@ -242,6 +242,7 @@ class EncoderWithHead:
 def trace_encoder(model, task: str, opset: int = 18, verbose: bool = False):
     """Return the exported graph (an `onnx_ir.Model`) and its input names."""
     import torch
+
     from modelkiln.exporter.decoder import fold_constants
 
     config = model.config

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from modelkiln.runtime.artifact import Artifact
 from modelkiln.runtime.errors import ModelkilnError
 from modelkiln.runtime.session import create_session

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from modelkiln.validate.compare import Tolerance, compare_arrays, compare_tokens
 from modelkiln.validate.report import CaseResult
 

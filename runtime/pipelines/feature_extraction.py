@@ -17,6 +17,7 @@ then L2 normalization when the checkpoint has a Normalize module) and its `max_s
 from __future__ import annotations
 
 import numpy as np
+
 from modelkiln.runtime.encoder import EncoderPipeline, check_texts
 from modelkiln.runtime.errors import ModelkilnError
 

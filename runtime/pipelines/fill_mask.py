@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
 from modelkiln.runtime.encoder import EncoderPipeline, check_texts, softmax
 from modelkiln.runtime.errors import ModelkilnError
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from modelkiln.runtime.encoder import EncoderPipeline, Feature
 from modelkiln.runtime.errors import ModelkilnError
 

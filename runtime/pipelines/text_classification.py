@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from modelkiln.runtime.encoder import EncoderPipeline, check_texts, sigmoid, softmax
 from modelkiln.runtime.errors import ModelkilnError
 

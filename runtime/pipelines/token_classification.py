@@ -19,6 +19,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+
 from modelkiln.runtime.encoder import EncoderPipeline, check_texts, softmax
 from modelkiln.runtime.errors import ModelkilnError
 
