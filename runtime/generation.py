@@ -92,7 +92,8 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
         tokens = sample(softmax(scores), rng) if config.do_sample else greedy(scores)  # [a]
         out[active, step] = tokens
         produced = step + 1
-        sequences = np.concatenate([sequences, out[:, step:step + 1]], axis=1)  # [rows, t + step + 1]
+        if processors:  # only the processors read prompt + generated ids; skip the per-step copy otherwise
+            sequences = np.concatenate([sequences, out[:, step:step + 1]], axis=1)  # [rows, t + step + 1]
         if on_token is not None:
             on_token(active, tokens)
         done = (tokens[:, None] == eos).any(axis=1)  # [a]; np.isin costs 0.1 ms per call at this size

@@ -63,7 +63,6 @@ def _check_weights_match(artifact: Artifact, reference_hashes: dict, reference: 
 
 def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: Mapping[str, Tolerance] | None = None,
              new_tokens: int = 32, long_past: int = 512, quiet: bool = True, debug: bool = False) -> ParityReport:
-    from modelkiln.exporter.api import tool_versions
     from modelkiln.runtime.decoder import DecoderLM
     from modelkiln.validate.cases import default_cases
     from modelkiln.validate.eager import EagerDecoder
@@ -90,21 +89,12 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
                       lambda name: resolve_tolerance(name, precision, tolerances), model.config.vocab_size)
     cases = default_cases(generation.get("context_length"), loaded.tokenizer is not None,
                           bool(generation.get("chat_template")), new_tokens=new_tokens, long_past=long_past)
-    results = []
-    for case in cases:
-        result = run_case(ctx, case, debug=debug)
-        results.append(result)
-        if not quiet:
-            for line in result.lines(verbose=False):
-                print(line, flush=True)
-    table = {name: resolve_tolerance(name, precision, tolerances) for name in compiled.output_names}
-    return ParityReport(artifact=str(Path(art.root)), reference=str(loaded.source.spec), task=art.task,
-                        precision=precision, tolerances=table, cases=results, versions=tool_versions())
+    results = _run_all(cases, lambda case: run_case(ctx, case, debug=debug), quiet)
+    return _report(art, loaded, tolerances, compiled.output_names, results)
 
 
 def _validate_encoder(art: Artifact, reference, tolerances, quiet: bool, debug: bool) -> ParityReport:
     """Encoder tasks (validate/encoder_cases.py): outputs elementwise, then pipeline answers."""
-    from modelkiln.exporter.api import tool_versions
     from modelkiln.exporter.encoder import ENCODER_TASKS
     from modelkiln.exporter.progress import Progress
     from modelkiln.validate.encoder_cases import EncoderContext, default_cases, run_encoder_case
@@ -113,13 +103,26 @@ def _validate_encoder(art: Artifact, reference, tolerances, quiet: bool, debug: 
         loaded, model = _load_reference(reference, art, ENCODER_TASKS[art.task].auto_class)
     precision = art.precision
     ctx = EncoderContext(art, loaded, model, lambda name: resolve_tolerance(name, precision, tolerances))
+    results = _run_all(default_cases(art.task, loaded.tokenizer),
+                       lambda case: run_encoder_case(ctx, case, debug=debug), quiet)
+    return _report(art, loaded, tolerances, ctx.output_names, results)
+
+
+def _run_all(cases, run, quiet: bool) -> list:
+    """Run every case in order, printing each one's PASS/FAIL lines as it finishes unless quiet."""
     results = []
-    for case in default_cases(art.task, loaded.tokenizer):
-        result = run_encoder_case(ctx, case, debug=debug)
+    for case in cases:
+        result = run(case)
         results.append(result)
         if not quiet:
             for line in result.lines(verbose=False):
                 print(line, flush=True)
-    table = {name: resolve_tolerance(name, precision, tolerances) for name in ctx.output_names}
+    return results
+
+
+def _report(art: Artifact, loaded, tolerances, output_names, results) -> ParityReport:
+    from modelkiln.exporter.api import tool_versions
+
+    table = {name: resolve_tolerance(name, art.precision, tolerances) for name in output_names}
     return ParityReport(artifact=str(Path(art.root)), reference=str(loaded.source.spec), task=art.task,
-                        precision=precision, tolerances=table, cases=results, versions=tool_versions())
+                        precision=art.precision, tolerances=table, cases=results, versions=tool_versions())

@@ -152,10 +152,7 @@ class RobertaProcessing(PostProcessor):
 
     def process_encodings(self, encodings: list[Encoding], add_special_tokens: bool) -> list[Encoding]:
         if self.trim_offsets:
-            for e in encodings:
-                trim_byte_level_offsets(e, self.add_prefix_space)
-                for o in e.overflowing:
-                    trim_byte_level_offsets(o, self.add_prefix_space)
+            _trim_with_overflowing(encodings, self.add_prefix_space)
         # "Roberta is weird, and every encoding is type_id=0" (the library's own comment).
         for e in encodings:
             e.set_type_ids([0] * len(e))
@@ -224,13 +221,18 @@ class ByteLevel(PostProcessor):
 
     def process_encodings(self, encodings: list[Encoding], add_special_tokens: bool) -> list[Encoding]:
         if self.trim_offsets:
-            for e in encodings:
-                trim_byte_level_offsets(e, self.add_prefix_space)
-                for o in e.overflowing:
-                    trim_byte_level_offsets(o, self.add_prefix_space)
+            _trim_with_overflowing(encodings, self.add_prefix_space)
         for i, e in enumerate(encodings):
             e.set_sequence_id(i)
         return encodings
+
+
+def _trim_with_overflowing(encodings: list[Encoding], add_prefix_space: bool) -> None:
+    """trim_byte_level_offsets on each encoding and on each of its overflowing windows."""
+    for e in encodings:
+        trim_byte_level_offsets(e, add_prefix_space)
+        for o in e.overflowing:
+            trim_byte_level_offsets(o, add_prefix_space)
 
 
 def _parse_piece(piece: Any, where: str) -> tuple[str, str, int]:

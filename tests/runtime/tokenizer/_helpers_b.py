@@ -229,7 +229,7 @@ _SMOLLM2: list[str] = []  # extracted once per process, whatever the directory t
 
 def smollm2_for(request, tmp_path_factory) -> str:
     """SmolLM2's tokenizer.json for a fixture: from this process, pytest's cache, the shared
-    `smollm2_dir` fixture of conftest.py (one extraction for the whole suite), or extracted here."""
+    `smollm2_dir` fixture (tokenizer_support.py) (one extraction for the whole suite), or extracted here."""
     if _SMOLLM2:
         return _SMOLLM2[0]
     cache = getattr(request.config, "cache", None)

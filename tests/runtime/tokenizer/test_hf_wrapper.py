@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TEXTS
+from tokenizer_support import TEXTS
 from modelkiln.runtime.tokenizer.hf import AutoTokenizer, BatchEncoding, clean_up_tokenization
 
 DIRS = ["minilm", "smollm2", "mistral:tokenizer.model.v1", "mistral_with_pad", "spm_bpe_nfkc",

@@ -9,7 +9,7 @@ import textwrap
 
 from tokenizers import Tokenizer as LibTokenizer
 
-from conftest import TEXTS
+from tokenizer_support import TEXTS
 
 BLOCKER = textwrap.dedent("""
     import sys, importlib.abc

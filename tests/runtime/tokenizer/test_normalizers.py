@@ -1,7 +1,7 @@
 """Normalizers and `NormalizedString` against the `tokenizers` library: text *and* per-char alignments.
 
 Alignments are read back from the library by splitting its normalized result into single chars
-(`conftest.library_alignments`), so every offset quirk (inserted chars, Precompiled's grapheme rules,
+(`tokenizer_support.library_alignments`), so every offset quirk (inserted chars, Precompiled's grapheme rules,
 BertNormalizer's CJK padding...) is compared exactly.
 """
 
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from tokenizers import Regex
 from tokenizers import Tokenizer as LibTokenizer
 
-from conftest import TEXTS, library_alignments, tricky_text, unicode_text
+from tokenizer_support import TEXTS, library_alignments, tricky_text, unicode_text
 from modelkiln.runtime.tokenizer import normalized as N
 from modelkiln.runtime.tokenizer import normalizers as NZ
 from modelkiln.runtime.tokenizer.normalized import NormalizedString, find_matches

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from tokenizers import Tokenizer as LibTokenizer
 
-from conftest import TEXTS, tricky_text, unicode_text
+from tokenizer_support import TEXTS, tricky_text, unicode_text
 from modelkiln.runtime.tokenizer.normalizers import translate_onig
 from modelkiln.runtime.tokenizer.pre_tokenizers import PreTokenizedString, build_pre_tokenizer, fixed_script
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from tokenizers import Tokenizer as LibTokenizer
 from tokenizers.decoders import DecodeStream as LibDecodeStream
 
-from conftest import (
+from tokenizer_support import (
     PAIRS,
     PIPELINES,
     PRETOKENIZED,
