@@ -7,6 +7,13 @@
 `forward` exchanges numpy arrays (what validation wants). `step` is the serving path: each step's `present.*`
 outputs stay onnxruntime OrtValues and are fed back as the next step's `past_key_values.*` inputs, so the cache
 never round-trips through numpy (no per-step copies of it in Python); only the logits come back.
+
+Graphs fused to GroupQueryAttention (manifest `kv_cache.attention`, see graphs/decoder_fusions.py) keep the same
+calls: callers still pass left-padded rows and masks. Inside, rows are right-aligned for the op (its rows start
+at position 0) and results are aligned back, so the caller never sees the difference. With `step(...,
+capacity=N)` the cache is preallocated once per request as [b, kv_heads, N, head_dim] buffers that are bound as
+both `past_key_values.*` and `present.*`: the op writes each new entry in place, and a decode step binds only
+its three small inputs and the logits.
 """
 
 from __future__ import annotations
@@ -45,12 +52,28 @@ class KVCacheSpec:
                    _NP_DTYPES[dtype])
 
 
+class KVBuffers:
+    """A preallocated in-place cache: one [b, kv_heads, capacity, head_dim] OrtValue per past/present pair, and
+    the IOBinding that binds each as both input and output (bound once, reused by every decode step)."""
+
+    def __init__(self, lm: DecoderLM, values: list[ort.OrtValue]):
+        self.values = values
+        self.capacity = values[0].shape()[2]
+        self.binding = lm.session.io_binding()
+        self.binding.bind_output("logits")  # first: outputs come back in binding order
+        for name, out, value in zip(lm.past_names, lm.output_names[1:], values):
+            self.binding.bind_ortvalue_input(name, value)
+            self.binding.bind_ortvalue_output(out, value)
+
+
 class DecoderLM:
     def __init__(self, artifact: Artifact, providers: list[str] | None = None, intra_op_threads: int | None = None):
         if artifact.task != "text-generation":
             raise ArtifactError(f"artifact {artifact.root} is for task {artifact.task!r}, not text-generation")
         self.artifact = artifact
         self.kv = KVCacheSpec.from_manifest(artifact.manifest["kv_cache"])
+        # GroupQueryAttention graphs: rows right-aligned inside, cache updated in place when preallocated
+        self.in_place = artifact.manifest["kv_cache"].get("attention") == "group_query_attention"
         self.session = create_session(artifact.graph_path("model"), providers, intra_op_threads)
         self.past_names = [f"past_key_values.{i}.{k}" for i in range(self.kv.num_layers) for k in ("key", "value")]
         self.output_names = ["logits"] + [f"present.{i}.{k}" for i in range(self.kv.num_layers)
@@ -71,35 +94,102 @@ class DecoderLM:
     def empty_ort_cache(self, batch: int) -> list[ort.OrtValue]:
         return [ort.OrtValue.ortvalue_from_numpy(c) for c in self.empty_cache(batch)]
 
+    def new_cache(self, batch: int, capacity: int) -> KVBuffers | None:
+        """A preallocated in-place cache for `capacity` positions (GroupQueryAttention graphs), else None: the
+        standard graph grows its cache by concatenation inside the graph."""
+        if not self.in_place:
+            return None
+        values = []
+        for _ in range(self.kv.num_layers):
+            for dim in (self.kv.key_head_dim, self.kv.head_dim):
+                values.append(ort.OrtValue.ortvalue_from_numpy(
+                    np.zeros((batch, self.kv.num_kv_heads, capacity, dim), self.kv.dtype)))
+        return KVBuffers(self, values)
+
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-             cache: list[ort.OrtValue] | None) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        """Like `forward`, with the cache as OrtValues (None = empty: the prefill). Thread-safe: onnxruntime
-        sessions accept concurrent runs and nothing here is shared between calls.
+             cache: list[ort.OrtValue] | KVBuffers | None) -> tuple[np.ndarray, list[ort.OrtValue] | KVBuffers]:
+        """Like `forward`, with the cache as OrtValues (None = empty: the prefill) or a `new_cache` buffer.
+        Thread-safe: onnxruntime sessions accept concurrent runs and nothing here is shared between calls.
 
-        subtle: `run_with_ort_values` rather than an IOBinding: binding 61 outputs one by one cost ~1.4 ms per
-        step on a 30-layer model in Python calls alone; this returns the outputs as OrtValues in one call.
+        subtle: `run_with_ort_values` rather than an IOBinding for the growing cache: binding 61 outputs one by
+        one cost ~1.4 ms per step on a 30-layer model in Python calls alone; this returns them in one call. The
+        in-place cache binds its buffers once per request instead.
         """
-        if cache is None:
-            cache = self.empty_ort_cache(input_ids.shape[0])
-        from_numpy = ort.OrtValue.ortvalue_from_numpy
-        feeds = {"input_ids": from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
-                 "attention_mask": from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)),
-                 "position_ids": from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64))}
-        feeds.update(zip(self.past_names, cache))
-        logits, *present = self.session.run_with_ort_values(self.output_names, feeds)
-        return logits.numpy(), present
+        shift = self._right_align_shift(attention_mask, input_ids.shape[1])
+        if shift is not None:
+            input_ids = _roll_rows(input_ids, -shift, axis=1)
+        feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+                 "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64)}
+        if isinstance(cache, KVBuffers):
+            binding = cache.binding
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            binding.bind_output("logits")  # rebound (same slot) so ORT allocates it for this step's shape
+            self.session.run_with_iobinding(binding)
+            logits = binding.get_outputs()[0].numpy()
+            present = cache
+        else:
+            if cache is None:
+                cache = self.empty_ort_cache(input_ids.shape[0])
+            from_numpy = ort.OrtValue.ortvalue_from_numpy
+            ort_feeds = {name: from_numpy(value) for name, value in feeds.items()}
+            ort_feeds.update(zip(self.past_names, cache))
+            logits, *present = self.session.run_with_ort_values(self.output_names, ort_feeds)
+            logits = logits.numpy()
+        if shift is not None:
+            logits = _roll_rows(logits, shift, axis=1)
+        return logits, present
 
-    @staticmethod
-    def select_rows(cache: list[ort.OrtValue], rows: np.ndarray) -> list[ort.OrtValue]:
+    def _right_align_shift(self, attention_mask: np.ndarray, seq: int) -> np.ndarray | None:
+        """Left-padding per row when this is a fused graph's padded prefill (None otherwise): GroupQueryAttention
+        reads each row's tokens from position 0, so padded prompts are rolled left on the way in and back out."""
+        if not self.in_place or seq == 1:
+            return None
+        pad = attention_mask.shape[1] - attention_mask.sum(axis=1)
+        if not pad.any():
+            return None
+        if attention_mask.shape[1] != seq:
+            raise ArtifactError("a padded multi-token step after a non-empty cache is not supported by a "
+                                "GroupQueryAttention graph; run the prompt as one prefill")
+        return pad
+
+    def select_rows(self, cache: list[ort.OrtValue] | KVBuffers, rows: np.ndarray) -> list[ort.OrtValue] | KVBuffers:
         """Gather cache rows (beam reordering, dropping finished rows): one copy, only when rows change."""
-        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[rows])) for value in cache]
+        values = cache.values if isinstance(cache, KVBuffers) else cache
+        gathered = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[rows])) for value in values]
+        return KVBuffers(self, gathered) if isinstance(cache, KVBuffers) else gathered
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
                 cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """input_ids [b, s], attention_mask [b, past + s], position_ids [b, s] → logits [b, s, V], new cache."""
+        """input_ids [b, s], attention_mask [b, past + s] (left padding), position_ids [b, s] → logits [b, s, V],
+        new cache [b, kv_heads, past + s, head_dim], all in the caller's left-padded layout."""
+        past = cache[0].shape[2] if cache else 0
+        pad = attention_mask.shape[1] - attention_mask.sum(axis=1)
+        aligned = self.in_place and pad.any()
+        if aligned:  # GroupQueryAttention: each row's tokens from position 0 (see the module docstring)
+            if past and (pad > past).any():
+                raise ArtifactError("left padding that reaches into the new tokens needs an empty cache with a "
+                                    "GroupQueryAttention graph")
+            if past:
+                cache = [_roll_rows(c, -pad, axis=2) for c in cache]
+            else:
+                input_ids = _roll_rows(input_ids, -pad, axis=1)
         feeds = {"input_ids": input_ids.astype(np.int64, copy=False),
                  "attention_mask": attention_mask.astype(np.int64, copy=False),
                  "position_ids": position_ids.astype(np.int64, copy=False)}
         feeds.update(zip(self.past_names, cache))
         logits, *present = self.session.run(self.output_names, feeds)
+        if aligned:
+            if not past:
+                logits = _roll_rows(logits, pad, axis=1)
+            present = [_roll_rows(p, pad, axis=2) for p in present]
         return logits, present
+
+
+def _roll_rows(array: np.ndarray, shifts: np.ndarray, axis: int) -> np.ndarray:
+    """Roll each row (axis 0) of `array` by its own shift along `axis`."""
+    out = np.empty_like(array)
+    for row, shift in enumerate(shifts):
+        out[row] = np.roll(array[row], int(shift), axis=axis - 1)
+    return out

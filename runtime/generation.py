@@ -35,9 +35,11 @@ def position_ids_from_mask(attention_mask: np.ndarray) -> np.ndarray:
     return np.where(attention_mask == 0, 0, positions)
 
 
-def prefill(lm: DecoderLM, input_ids: np.ndarray, attention_mask: np.ndarray):
-    """Run the prompt with an empty cache; return last-position logits [b, V] and the cache (OrtValues)."""
-    logits, cache = lm.step(input_ids, attention_mask, position_ids_from_mask(attention_mask), None)
+def prefill(lm: DecoderLM, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int | None = None):
+    """Run the prompt with an empty cache; return last-position logits [b, V] and the cache (OrtValues). With
+    `capacity` (prompt + new tokens) a graph that supports it gets a preallocated in-place cache."""
+    cache = lm.new_cache(input_ids.shape[0], capacity) if capacity else None
+    logits, cache = lm.step(input_ids, attention_mask, position_ids_from_mask(attention_mask), cache)
     return logits[:, -1, :], cache  # [b, V]
 
 
@@ -83,7 +85,7 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
     sequences = input_ids.astype(np.int64)  # [rows, t]: processors see prompt + generated so far
     out = np.full((rows, config.max_new_tokens), pad if pad is not None else 0, dtype=np.int64)
     active = np.arange(rows)  # original row index of each row the graph still runs
-    logits, cache = prefill(lm, input_ids, attention_mask)
+    logits, cache = prefill(lm, input_ids, attention_mask, capacity=input_ids.shape[1] + config.max_new_tokens)
     mask = attention_mask.astype(np.int64)
     produced = 0
     for step in range(config.max_new_tokens):
@@ -105,23 +107,26 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
         if done.any():  # drop finished rows: they stop costing work (their output is already padded)
             keep = np.flatnonzero(~done)
             active, tokens, mask = active[keep], tokens[keep], mask[keep]
-            cache = DecoderLM.select_rows(cache, keep)
+            cache = lm.select_rows(cache, keep)
         logits, cache = decode_one_token(lm, tokens, mask, cache)
     return out[:, :produced]
 
 
 def _beam_generate(lm, input_ids, attention_mask, config, rng, context_length, stop) -> np.ndarray:
     cache = None
+    capacity = input_ids.shape[1] + config.max_new_tokens
 
     def step(ids: np.ndarray, mask: np.ndarray, first_call: bool) -> np.ndarray:
         nonlocal cache
         positions = position_ids_from_mask(mask)[:, -ids.shape[1]:]  # [rows, s]
-        logits, cache = lm.step(ids, mask, positions, None if first_call else cache)
+        if first_call:
+            cache = lm.new_cache(ids.shape[0], capacity)
+        logits, cache = lm.step(ids, mask, positions, cache)
         return logits[:, -1, :]
 
     def reorder(beam_idx: np.ndarray) -> None:
         nonlocal cache
-        cache = DecoderLM.select_rows(cache, beam_idx)
+        cache = lm.select_rows(cache, beam_idx)
 
     beam_stop = None
     if stop is not None:

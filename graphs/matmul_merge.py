@@ -1,0 +1,70 @@
+"""`merge_parallel_matmuls`: MatMuls that read the same activation with constant weights become one.
+
+q/k/v projections (and gate/up in gated MLPs) each read the normed hidden state: three small matrix-vector
+products per layer at decode time, each paying a kernel launch and a pass over the activation. Concatenating
+their weights along N gives one [K, N1+N2+...] MatMul and a Split; the arithmetic is identical column by column,
+and block-wise weight quantization after it stays identical too (its blocks run along K, per column).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from modelkiln.graphs.passes import register_pass
+
+
+def _weight(node: ir.Node) -> np.ndarray | None:
+    if node.op_type != "MatMul" or len(node.inputs) != 2:
+        return None
+    tensor = ir.convenience.get_const_tensor(node.inputs[1])
+    if tensor is None:
+        return None
+    array = tensor.numpy()
+    return array if array.ndim == 2 else None
+
+
+@register_pass("merge_parallel_matmuls")
+def merge_parallel_matmuls(model: ir.Model) -> dict[str, Any]:
+    graph = model.graph
+    groups: dict[int, list[ir.Node]] = {}
+    activations: dict[int, ir.Value] = {}
+    for node in graph:
+        w = _weight(node)
+        if w is not None:
+            groups.setdefault(id(node.inputs[0]), []).append(node)
+            activations[id(node.inputs[0])] = node.inputs[0]
+    merged = 0
+    for key, nodes in groups.items():
+        weights = [_weight(n) for n in nodes]
+        if len(nodes) < 2 or len({(w.shape[0], w.dtype) for w in weights}) != 1:
+            continue
+        first = nodes[0]
+        concat = np.ascontiguousarray(np.concatenate(weights, axis=1))
+        name = f"{first.name}_merged_weight"
+        value = ir.Value(name=name, const_value=ir.tensor(concat, name=name), shape=ir.Shape(concat.shape),
+                         type=ir.TensorType(ir.DataType.from_numpy(concat.dtype)))
+        graph.register_initializer(value)
+        matmul = ir.Node("", "MatMul", [activations[key], value], name=f"{first.name}_merged")
+        sizes_name = f"{first.name}_merged_split"
+        sizes = np.array([w.shape[1] for w in weights], np.int64)
+        sizes_value = ir.Value(name=sizes_name, const_value=ir.tensor(sizes, name=sizes_name),
+                               shape=ir.Shape(sizes.shape), type=ir.TensorType(ir.DataType.INT64))
+        graph.register_initializer(sizes_value)
+        split = ir.Node("", "Split", [matmul.outputs[0], sizes_value], [ir.AttrInt64("axis", -1)],
+                        num_outputs=len(nodes), name=f"{first.name}_merged_split")
+        graph.insert_before(first, [matmul, split])
+        for node, out in zip(nodes, split.outputs):
+            old = node.outputs[0]
+            out.name, out.type, out.shape = f"{old.name}_split", old.type, old.shape
+            old.replace_all_uses_with(out)
+            graph.remove(node, safe=True)
+        merged += 1
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        graph.initializers.pop(name)
+    from onnx_ir.passes import common as ir_common
+
+    ir_common.TopologicalSortPass()(model)
+    return {"merged_groups": merged}
