@@ -1,7 +1,13 @@
-"""Greedy decode speed of SmolLM2-135M-Instruct (fp32, batch 1): eager transformers vs modelkiln vs optimum-onnx
-vs ONNX Runtime GenAI, in one run, from the same ~45-token chat prompt, exactly 128 new tokens each.
+"""Greedy decode speed of SmolLM2-135M-Instruct (batch 1): eager transformers vs modelkiln vs optimum-onnx vs
+ONNX Runtime GenAI, fp32 and int4, in one run, from the same ~45-token chat prompt, exactly 128 new tokens each.
 
-    .venv/bin/python benchmarks/generate_speed.py [--new-tokens 128] [--skip-peers]
+    .venv/bin/python benchmarks/generate_speed.py [--new-tokens 128] [--skip-peers] [--precision fp32|int4|all]
+
+Rows: eager fp32; modelkiln fp32 (the exported graph), fp32 fused (`modelkiln optimize`: GroupQueryAttention with
+the in-place cache, RMSNorm fusions), int4 (`modelkiln quantize`, the default minmax scheme) and int4 symmetric
+(onnxruntime's round-to-nearest, the recipe ORT GenAI uses); optimum-onnx fp32; ORT GenAI fp32 and int4 (model
+builder, block 32, accuracy level 4). The last columns compare each engine's speed with the memory-bandwidth
+limit: weight bytes read per token (its weights file) ÷ measured copy bandwidth.
 
 The peers run in their own venvs, built here under benchmarks/.venvs/ on first use (optimum-onnx pins
 transformers<4.58, ORT GenAI's model builder needs transformers 5; both get torch==2.13.0, the local CPU wheel).
@@ -80,6 +86,47 @@ def ensure_checkpoints() -> tuple[Path, Path, Path]:
     return hf5, hf4, artifact
 
 
+def ensure_variants(artifact: Path) -> dict[str, Path]:
+    """The fused and quantized artifacts, made from the exported one with the CLI's own planning functions."""
+    from modelkiln.exporter.transform import plan_optimize, plan_quantize, transform
+    from modelkiln.runtime.artifact import Artifact
+
+    manifest = Artifact.load(artifact, verify="size").manifest
+    plans = {"fp32-fused": plan_optimize(manifest, "all"),
+             "int4": plan_quantize(manifest, "int4"),
+             "int4-symmetric": plan_quantize(manifest, "int4", scheme="symmetric")}
+    variants = {}
+    for name, passes in plans.items():
+        out = CACHE / f"smollm2-artifact-{name}"
+        if not (out / "modelkiln.json").exists():
+            log(f"building the {name} artifact…")
+            transform(artifact, out, passes, force=True, quiet=True)
+        variants[name] = out
+    return variants
+
+
+def copy_bandwidth_gbs() -> float:
+    """Memory copy bandwidth in GB/s: bytes read per second by a 512 MB numpy copy (best of 5). Decoding at
+    batch 1 streams every weight once per token, so bandwidth / weight bytes bounds tokens per second."""
+    import time
+
+    import numpy as np
+
+    src = np.ones(1 << 27, np.float32)  # 512 MB
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return src.nbytes / best / 1e9
+
+
+def weight_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in model_dir.glob("*.data")) or sum(
+        p.stat().st_size for p in model_dir.glob("*.safetensors"))
+
+
 def ensure_venv(name: str, packages: list[str]) -> Path | None:
     venv = VENVS / name
     python = venv / "bin" / "python"
@@ -100,9 +147,12 @@ def ensure_venv(name: str, packages: list[str]) -> Path | None:
     return python
 
 
-def run(python: Path, runner: str, model: Path, prompt_ids: list[int], new_tokens: int) -> dict | None:
+def run(python: Path, runner: str, model: Path, prompt_ids: list[int], new_tokens: int,
+        env: dict[str, str] | None = None) -> dict | None:
+    import os
+
     proc = subprocess.run([str(python), str(RUNNERS / runner), str(model), json.dumps(prompt_ids), str(new_tokens)],
-                          capture_output=True, text=True, cwd=RUNNERS)
+                          capture_output=True, text=True, cwd=RUNNERS, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         log(f"{runner} failed:\n{proc.stderr[-3000:]}")
         return None
@@ -113,41 +163,63 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--skip-peers", action="store_true", help="only eager and modelkiln")
+    parser.add_argument("--precision", choices=["fp32", "int4", "all"], default="all")
     opts = parser.parse_args()
     hf5, hf4, artifact = ensure_checkpoints()
+    variants = ensure_variants(artifact)
     from transformers import AutoTokenizer
 
     prompt_ids = AutoTokenizer.from_pretrained(hf5).apply_chat_template(CHAT, add_generation_prompt=True,
                                                                         return_dict=True)["input_ids"]
     prompt_ids = list(prompt_ids)
-    results = {}
+    results, weights = {}, {}
     main_python = Path(sys.executable)
+    fp32, int4 = opts.precision in ("fp32", "all"), opts.precision in ("int4", "all")
     results["eager"] = run(main_python, "eager_runner.py", hf5, prompt_ids, opts.new_tokens)
-    results["modelkiln"] = run(main_python, "modelkiln_runner.py", artifact, prompt_ids, opts.new_tokens)
+    weights["eager"] = weight_bytes(hf5)
+    ours = ([("modelkiln", artifact), ("modelkiln fp32 fused", variants["fp32-fused"])] if fp32 else []) + (
+        [("modelkiln int4", variants["int4"]), ("modelkiln int4 symmetric", variants["int4-symmetric"])]
+        if int4 else [])
+    for key, path in ours:
+        results[key] = run(main_python, "modelkiln_runner.py", path, prompt_ids, opts.new_tokens)
+        weights[key] = weight_bytes(path)
     if not opts.skip_peers:
-        for peer, runner, model in (("optimum", "optimum_runner.py", hf4), ("ortgenai", "ortgenai_runner.py", hf5)):
-            python = ensure_venv(peer, PEERS[peer])
-            results[peer] = run(python, runner, model, prompt_ids, opts.new_tokens) if python else None
-    print_table(results, len(prompt_ids), opts.new_tokens)
+        peers = ([("optimum", "optimum", "optimum_runner.py", hf4, "fp32"),
+                  ("ortgenai", "ortgenai", "ortgenai_runner.py", hf5, "fp32")] if fp32 else []) + (
+            [("ortgenai int4", "ortgenai", "ortgenai_runner.py", hf5, "int4")] if int4 else [])
+        for key, venv, runner, model, precision in peers:
+            python = ensure_venv(venv, PEERS[venv])
+            results[key] = run(python, runner, model, prompt_ids, opts.new_tokens,
+                               env={"BENCH_PRECISION": precision}) if python else None
+            suffix = "" if key == "optimum" else f"-ortgenai-{precision}"
+            weights[key] = weight_bytes(Path(str(model) + suffix)) if key != "optimum" else weight_bytes(model)
+    print_table(results, weights, copy_bandwidth_gbs(), len(prompt_ids), opts.new_tokens)
 
 
-def print_table(results: dict, prompt_tokens: int, new_tokens: int) -> None:
-    ours = results.get("modelkiln")
+def print_table(results: dict, weights: dict, bandwidth: float, prompt_tokens: int, new_tokens: int) -> None:
     eager_tokens = (results.get("eager") or {}).get("tokens")
-    print(f"SmolLM2-135M-Instruct fp32, batch 1, {prompt_tokens}-token chat prompt, {new_tokens} greedy tokens\n")
-    print("| engine | decode tok/s | TTFT (ms) | load (s) | peak RSS (MB) | modelkiln × | same tokens as eager |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print(f"SmolLM2-135M-Instruct, batch 1, {prompt_tokens}-token chat prompt, {new_tokens} greedy tokens; "
+          f"copy bandwidth {bandwidth:.1f} GB/s\n")
+    print("| engine | decode tok/s | TTFT (ms) | load (s) | peak RSS (MB) | vs modelkiln fp32 | "
+          "vs modelkiln int4 | same tokens as eager | weights MB | bandwidth-limit tok/s | % of limit |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    references = [results.get("modelkiln fp32 fused") or results.get("modelkiln"), results.get("modelkiln int4")]
     for key, r in results.items():
         if r is None:
-            print(f"| {key} | (not run) | | | | | |")
+            print(f"| {key} | (not run) | | | | | | | | | |")
             continue
-        ratio = ours["decode_tok_s"] / r["decode_tok_s"] if ours else float("nan")
+        ratios = [f"{ref['decode_tok_s'] / r['decode_tok_s']:.2f}" if ref else "" for ref in references]
         same = "yes" if eager_tokens and r["tokens"] == eager_tokens else "no"
+        mb = weights.get(key, 0) / 1e6
+        limit = bandwidth * 1e9 / weights[key] if weights.get(key) else float("nan")
         print(f"| {r['name']} | {r['decode_tok_s']:.1f} | {1000 * r['ttft_s']:.0f} | {r['load_s']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} | {ratio:.2f} | {same} |")
-    if ours:
-        print(f"\nmodelkiln cold start (import + load + first token, fresh process): {ours['cold_start_s']:.2f} s; "
-              f"per-step Python overhead outside onnxruntime: {ours['step_overhead_ms']:.3f} ms")
+              f"{r['peak_rss_mb']:.0f} | {ratios[0]} | {ratios[1]} | {same} | {mb:.0f} | {limit:.0f} | "
+              f"{100 * r['decode_tok_s'] / limit:.0f}% |")
+    for key, r in results.items():
+        if r and "cold_start_s" in r:
+            print(f"\n{r['name']}: cold start (import + load + first token, fresh process) {r['cold_start_s']:.2f} s; "
+                  f"per-step Python overhead outside onnxruntime {r['step_overhead_ms']:.3f} ms", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -70,6 +70,32 @@ def _parse_tolerances(items: tuple[str, ...]):
     return table
 
 
+def _quantize_options(default_weights: str | None):
+    """The weight-quantization options `quantize` and `export` share."""
+    def add(f):
+        options = [
+            click.option("--weights", type=click.Choice(["int4", "int8"]), default=default_weights, show_default=True,
+                         help="Weight-only quantization (decoders: block-wise MatMulNBits; encoders: int8 dynamic "
+                              "with an accuracy guard)."),
+            click.option("--block-size", type=int, default=32, show_default=True,
+                         help="Weights per quantization block along the input dimension (16-256, power of two)."),
+            click.option("--accuracy-level", type=int, default=4, show_default=True,
+                         help="MatMulNBits compute: 4 = int8 activations (fastest on CPU), 0 = float."),
+            click.option("--scheme", type=click.Choice(["minmax", "symmetric", "asymmetric"]), default="minmax",
+                         show_default=True,
+                         help="Decoder blocks: minmax = each block's exact min/max with a float offset (most "
+                              "accurate; exact on GGUF Q4_1 weights); symmetric/asymmetric = onnxruntime's "
+                              "round-to-nearest with integer zero points (fewer nodes, less accurate)."),
+            click.option("--exclude", multiple=True, metavar="PATTERN",
+                         help="Keep weights whose node name matches this regex in float, e.g. 'lm_head' or "
+                              "'layers\\.0\\.'. Repeatable."),
+        ]
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return add
+
+
 @cli.command()
 @click.argument("source")
 @click.argument("output", type=click.Path(path_type=Path))
@@ -84,22 +110,25 @@ def _parse_tolerances(items: tuple[str, ...]):
 @click.option("--trust-remote-code", is_flag=True, help="Run modeling code shipped with the checkpoint.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for a Hub id.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output (CI logs).")
-def export(source, output, task, dtype, opset, force, run_validate, trust_remote_code, revision, quiet):
+@click.option("--optimize", "optimize_level", type=click.Choice(["basic", "all"]), default=None,
+              help="Also fuse the graph (as `modelkiln optimize`).")
+@_quantize_options(default_weights=None)
+def export(source, output, task, dtype, opset, force, run_validate, trust_remote_code, revision, quiet,
+           optimize_level, weights, block_size, accuracy_level, scheme, exclude):
     """Export SOURCE (checkpoint dir, .gguf file or Hub id) to the artifact directory OUTPUT."""
     from modelkiln.exporter.api import ExportOptions
     from modelkiln.exporter.api import export as do_export
 
     options = ExportOptions(task=task, dtype=dtype, opset=opset, force=force, validate=run_validate, quiet=quiet,
                             trust_remote_code=trust_remote_code, revision=revision)
-    out = do_export(source, output, options)
-    if run_validate:
-        from modelkiln.validate.report import ParityReport
+    if optimize_level or weights:
+        from modelkiln.exporter.transform import export_transformed
 
-        report = ParityReport.from_json((out / "parity.json").read_text(encoding="utf-8"))
-        if not report.passed:
-            sys.exit(EXIT_PARITY)
-    if not quiet:
-        click.echo(f"artifact written to {out}", err=True)
+        out = export_transformed(source, output, options, optimize_level, weights=weights, block_size=block_size,
+                                 accuracy_level=accuracy_level, scheme=scheme, exclude=exclude)
+    else:
+        out = do_export(source, output, options)
+    _exit_on_parity(out, run_validate, quiet)
 
 
 @cli.command()
@@ -149,6 +178,62 @@ def inspect(artifact, as_json, no_verify):
         click.echo(json.dumps(art.manifest, indent=2))
     else:
         click.echo(describe(art))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--level", type=click.Choice(["basic", "all"]), default="all", show_default=True,
+              help="basic: normalization fusions + merged projections; all: also GroupQueryAttention (decoders).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--validate", "run_validate", is_flag=True, help="Validate OUTPUT against eager PyTorch.")
+@click.option("--reference", default=None, help="SOURCE for --validate (default: the manifest's source).")
+@click.option("--quiet", "-q", is_flag=True)
+def optimize(artifact, output, level, force, run_validate, reference, quiet):
+    """Fuse ARTIFACT's graph into ONNX Runtime contrib ops; write the result to OUTPUT."""
+    from modelkiln.exporter.transform import plan_optimize, transform
+    from modelkiln.runtime.artifact import Artifact
+
+    art = Artifact.load(artifact)
+    passes = plan_optimize(art.manifest, level)
+    if not passes:
+        raise ModelkilnError(f"{artifact} already has every {level!r} fusion; nothing to do")
+    out = transform(art, output, passes, force=force, validate=run_validate, reference=reference, quiet=quiet)
+    _exit_on_parity(out, run_validate, quiet)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@_quantize_options(default_weights="int4")
+@click.option("--no-optimize", is_flag=True, help="Quantize the graph as it is, without the fusions first.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--validate", "run_validate", is_flag=True,
+              help="Validate OUTPUT against eager PyTorch (accuracy checks for quantized weights).")
+@click.option("--reference", default=None, help="SOURCE for --validate (default: the manifest's source).")
+@click.option("--quiet", "-q", is_flag=True)
+def quantize(artifact, output, weights, block_size, accuracy_level, scheme, exclude, no_optimize, force,
+             run_validate, reference, quiet):
+    """Quantize ARTIFACT's weights (int4/int8) into the new artifact OUTPUT."""
+    from modelkiln.exporter.transform import plan_quantize, transform
+    from modelkiln.runtime.artifact import Artifact
+
+    art = Artifact.load(artifact)
+    passes = plan_quantize(art.manifest, weights, block_size=block_size, accuracy_level=accuracy_level,
+                           scheme=scheme, exclude=exclude, optimize=None if no_optimize else "all")
+    out = transform(art, output, passes, force=force, validate=run_validate, reference=reference, quiet=quiet)
+    _exit_on_parity(out, run_validate, quiet)
+
+
+def _exit_on_parity(out: Path, run_validate: bool, quiet: bool) -> None:
+    if run_validate:
+        from modelkiln.validate.report import ParityReport
+
+        report = ParityReport.from_json((out / "parity.json").read_text(encoding="utf-8"))
+        if not report.passed:
+            sys.exit(EXIT_PARITY)
+    if not quiet:
+        click.echo(f"artifact written to {out}", err=True)
 
 
 def _generation_options(f):

@@ -95,3 +95,73 @@ def _validate_staged(folder: Path, reference: str | None, progress: Progress, ou
 
 def _summary(result: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (list, dict))) or "done"
+
+
+OPTIMIZE_LEVELS = ("basic", "all")
+
+
+def _applied(manifest: dict[str, Any]) -> set[str]:
+    return {p["name"] for p in manifest.get("graphs", {}).get("model", {}).get("passes", [])}
+
+
+def plan_optimize(manifest: dict[str, Any], level: str = "all") -> list[tuple[str, dict[str, Any]]]:
+    """The fusion passes for an artifact's task. `basic`: normalization fusions and merged projections (the graph
+    keeps standard attention and I/O); `all`: also GroupQueryAttention for decoders (in-place KV cache)."""
+    if level not in OPTIMIZE_LEVELS:
+        raise ModelkilnError(f"unknown optimization level {level!r}; use one of {', '.join(OPTIMIZE_LEVELS)}")
+    done = _applied(manifest)
+    if manifest.get("task") == "text-generation":
+        passes = (["fuse_group_query_attention"] if level == "all" else []) + ["fuse_rms_norm",
+                                                                               "merge_parallel_matmuls"]
+    else:
+        passes = ["fuse_encoder"]
+    return [(name, {}) for name in passes if name not in done]
+
+
+def plan_quantize(manifest: dict[str, Any], weights: str, *, block_size: int = 32, accuracy_level: int = 4,
+                  scheme: str = "minmax", exclude: tuple[str, ...] = (), optimize: str | None = "all",
+                  min_cosine: float = 0.99) -> list[tuple[str, dict[str, Any]]]:
+    """Fusions first (so merged projections are quantized as one), then the weight quantization pass."""
+    if manifest.get("quantization"):
+        raise ModelkilnError(f"this artifact is already quantized ({manifest['quantization'].get('weights')}); "
+                             "quantize the float artifact instead")
+    bits = {"int4": 4, "int8": 8}.get(weights)
+    if bits is None:
+        raise ModelkilnError(f"--weights {weights!r} is not supported; use int4 or int8")
+    passes = plan_optimize(manifest, optimize) if optimize else []
+    if manifest.get("task") == "text-generation":
+        return passes + [("quantize_matmul_nbits", {"bits": bits, "block_size": block_size, "scheme": scheme,
+                                                    "accuracy_level": accuracy_level, "exclude": list(exclude)})]
+    if bits != 8:
+        raise ModelkilnError("encoder artifacts quantize to --weights int8 (dynamic int8 with an accuracy guard); "
+                             "int4 is for text-generation artifacts")
+    return passes + [("quantize_dynamic_int8", {"per_channel": True, "min_cosine": min_cosine,
+                                                "exclude": list(exclude)})]
+
+
+def export_transformed(source: str, output: str | Path, options, optimize: str | None, *, weights: str | None,
+                       block_size: int = 32, accuracy_level: int = 4, scheme: str = "minmax",
+                       exclude: tuple[str, ...] = ()) -> Path:
+    """`export --optimize/--weights`: export the float artifact into a scratch directory beside OUTPUT, then
+    transform it into OUTPUT (validated there when asked, against SOURCE)."""
+    import dataclasses
+    import tempfile
+
+    from modelkiln.exporter.api import export
+
+    output = Path(output)
+    check_output(output, options.force)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.float-", dir=output.parent))
+    try:
+        art = export(source, scratch / "artifact", dataclasses.replace(options, validate=False, force=False))
+        manifest = Artifact.load(art, verify="size").manifest
+        if weights:
+            passes = plan_quantize(manifest, weights, block_size=block_size, accuracy_level=accuracy_level,
+                                   scheme=scheme, exclude=exclude, optimize=optimize or "all")
+        else:
+            passes = plan_optimize(manifest, optimize)
+        return transform(art, output, passes, force=options.force, validate=options.validate, reference=source,
+                         quiet=options.quiet)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

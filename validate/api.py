@@ -87,8 +87,16 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
     generation = art.manifest.get("generation", {})
     ctx = CaseContext(eager, compiled, loaded.tokenizer, generation,
                       lambda name: resolve_tolerance(name, precision, tolerances), model.config.vocab_size)
-    cases = default_cases(generation.get("context_length"), loaded.tokenizer is not None,
-                          bool(generation.get("chat_template")), new_tokens=new_tokens, long_past=long_past)
+    if art.manifest.get("quantization"):  # weights changed on purpose: accuracy, not elementwise parity
+        from modelkiln.validate.accuracy import AccuracyCase
+
+        if loaded.tokenizer is None:
+            raise ModelkilnError("validating a quantized artifact needs the reference's tokenizer (accuracy is "
+                                 "measured on a held-out text)")
+        cases = [AccuracyCase()]
+    else:
+        cases = default_cases(generation.get("context_length"), loaded.tokenizer is not None,
+                              bool(generation.get("chat_template")), new_tokens=new_tokens, long_past=long_past)
     results = _run_all(cases, lambda case: run_case(ctx, case, debug=debug), quiet)
     return _report(art, loaded, tolerances, compiled.output_names, results)
 

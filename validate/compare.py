@@ -615,6 +615,45 @@ def compare_tokens(
     )
 
 
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """A task-level accuracy figure checked against a bound (quantized artifacts: top-1 agreement, perplexity
+    ratio, embedding cosine), where elementwise tolerances would say nothing useful.
+
+    >>> MetricComparison("top-1 agreement", 0.97, ">=", 0.9, "over 600 positions").line()
+    'PASS | top-1 agreement | 0.97 >= 0.9 (over 600 positions)'
+    """
+
+    name: str
+    value: float
+    op: str  # ">=" or "<="
+    bound: float
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        if math.isnan(self.value):
+            return False
+        return self.value >= self.bound if self.op == ">=" else self.value <= self.bound
+
+    def line(self, case: str | None = None) -> str:
+        head = f"{'PASS' if self.passed else 'FAIL'} | " + (f"{case} | " if case else "") + self.name
+        tail = f" ({self.detail})" if self.detail else ""
+        return f"{head} | {self.value:.4g} {self.op} {self.bound:g}{tail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "value": _json_float(self.value), "op": self.op,
+                "bound": self.bound, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricComparison:
+        return cls(data["name"], _float_from_json(data["value"]), data["op"], float(data["bound"]),
+                   data.get("detail", ""))
+
+
 # ---------------------------------------------------------------------------------------------- formatting
 
 

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from modelkiln.runtime.errors import ModelkilnError
-from modelkiln.validate.compare import OutputComparison, TokenComparison, Tolerance, _fmt_stat, _json_float
+from modelkiln.validate.compare import (
+    MetricComparison,
+    OutputComparison,
+    TokenComparison,
+    Tolerance,
+    _fmt_stat,
+    _json_float,
+)
 
 __all__ = ["SCHEMA_VERSION", "CaseResult", "ParityReport"]
 
@@ -77,10 +84,11 @@ class CaseResult:
     tokens: list[TokenComparison] = field(default_factory=list)
     duration_s: float = 0.0
     error: str | None = None
+    metrics: list[MetricComparison] = field(default_factory=list)
 
     @property
     def compared_nothing(self) -> bool:
-        return not self.outputs and not self.tokens
+        return not self.outputs and not self.tokens and not self.metrics
 
     @property
     def passed(self) -> bool:
@@ -89,6 +97,7 @@ class CaseResult:
             and not self.compared_nothing
             and all(c.passed for c in self.outputs)
             and all(t.passed for t in self.tokens)
+            and all(m.passed for m in self.metrics)
         )
 
     @property
@@ -115,6 +124,7 @@ class CaseResult:
         if not verbose and self.passed:
             return [self._summary_line()]
         out = [c.line(self.name) for c in self.outputs] + [t.line(self.name) for t in self.tokens]
+        out += [m.line(self.name) for m in self.metrics]
         if self.error is not None:
             out.append(f"FAIL | {self.name} | error: {self.error}")
         elif self.compared_nothing:
@@ -136,6 +146,8 @@ class CaseResult:
             )
         for t in self.tokens:
             parts.append(f"{t.name}: {t.expected_length} of {t.expected_length} tokens match")
+        for m in self.metrics:
+            parts.append(f"{m.name} {m.value:.4g} {m.op} {m.bound:g}")
         return " | ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +161,7 @@ class CaseResult:
             "params": _jsonable(self.params),
             "outputs": [c.to_dict() for c in self.outputs],
             "tokens": [t.to_dict() for t in self.tokens],
+            "metrics": [m.to_dict() for m in self.metrics],
         }
 
     @classmethod
@@ -163,6 +176,7 @@ class CaseResult:
             tokens=[TokenComparison.from_dict(t) for t in data.get("tokens", [])],
             duration_s=float("nan") if duration is None else float(duration),
             error=data.get("error"),
+            metrics=[MetricComparison.from_dict(m) for m in data.get("metrics", [])],
         )
 
 
@@ -452,6 +466,8 @@ def _md_case_row(case: CaseResult) -> str:
     elif worst is None and case.tokens:
         t = case.tokens[0]
         cells[0] = f"{_md_cell(t.name)}: {t.expected_length} of {t.expected_length} tokens match"
+    if worst is None and case.metrics:
+        cells[0] = "; ".join(_md_cell(f"{m.name} {m.value:.4g} {m.op} {m.bound:g}") for m in case.metrics)
     return f"| {icon} | {name} | {kind} | " + " | ".join(cells) + f" | {time} |"
 
 

@@ -12,6 +12,7 @@ import traceback
 import numpy as np
 
 from modelkiln.runtime.generation import generate_greedy, position_ids_from_mask
+from modelkiln.validate.accuracy import AccuracyCase, run_accuracy_case
 from modelkiln.validate.cases import ForwardCase, GenerationCase, PromptCase
 from modelkiln.validate.compare import compare_arrays, compare_tokens
 from modelkiln.validate.report import CaseResult
@@ -21,6 +22,7 @@ class CaseContext:
     """What every case needs: both runtimes, the tokenizer, generation ids, tolerances, a seeded RNG."""
 
     def __init__(self, eager, compiled, tokenizer, generation: dict, tolerances, vocab_size: int, seed: int = 0):
+        self.context_length = generation.get("context_length")
         self.eager = eager
         self.compiled = compiled
         self.tokenizer = tokenizer
@@ -103,20 +105,27 @@ def run_generation_case(ctx: CaseContext, case: GenerationCase):
     return [], [compare_tokens("greedy tokens", actual[0], expected[0])]
 
 
-_RUNNERS = {ForwardCase: run_forward_case, PromptCase: run_prompt_case, GenerationCase: run_generation_case}
+def _run_accuracy(ctx: CaseContext, case: AccuracyCase):
+    return [], [], run_accuracy_case(ctx, case)
+
+
+_RUNNERS = {ForwardCase: run_forward_case, PromptCase: run_prompt_case, GenerationCase: run_generation_case,
+            AccuracyCase: _run_accuracy}
+_KINDS = {PromptCase: "prompt", GenerationCase: "generation", AccuracyCase: "accuracy"}
 
 
 def run_case(ctx: CaseContext, case, debug: bool = False) -> CaseResult:
-    kind = case.kind if isinstance(case, ForwardCase) else ("prompt" if isinstance(case, PromptCase)
-                                                            else "generation")
-    params = {k: v for k, v in case.__dict__.items() if k != "kind"}
+    kind = case.kind if isinstance(case, ForwardCase) else _KINDS[type(case)]
+    params = {k: v for k, v in case.__dict__.items()
+              if k != "kind" and not (isinstance(v, str) and len(v) > 200)}  # not the held-out text
     start = time.perf_counter()
     try:
-        outputs, tokens = _RUNNERS[type(case)](ctx, case)
+        outputs, tokens, *metrics = _RUNNERS[type(case)](ctx, case)
     except Exception as e:  # a crashing case is a reported failure, not an aborted validation
         if debug:
             traceback.print_exc()
         first = str(e).splitlines()[0] if str(e) else ""
         return CaseResult(case.name, kind, params, duration_s=time.perf_counter() - start,
                           error=f"{type(e).__name__}: {first}"[:500])
-    return CaseResult(case.name, kind, params, outputs, tokens, duration_s=time.perf_counter() - start)
+    return CaseResult(case.name, kind, params, outputs, tokens, duration_s=time.perf_counter() - start,
+                      metrics=metrics[0] if metrics else [])

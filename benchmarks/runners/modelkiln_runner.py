@@ -21,19 +21,22 @@ config = pipe.generation_config(max_new_tokens=new_tokens, min_new_tokens=new_to
 generate(lm, ids, mask, config.merged(max_new_tokens=1, min_new_tokens=1))
 cold_start_s = now() - t_import  # import + load (hash check included) + first token, nothing warm before
 
-# Per-step overhead = decode wall time - time inside onnxruntime's run, per step.
+# Per-step overhead = decode wall time - time inside onnxruntime's run, per step. DecoderLM.step calls one of
+# these once per step (run_with_iobinding for a fused graph's in-place cache).
 session_runs: list[float] = []
-run_with_ort_values = lm.session.run_with_ort_values  # what DecoderLM.step calls once per step
 
 
-def timed_run_with_ort_values(*a, **k):
-    t = time.perf_counter()
-    outputs = run_with_ort_values(*a, **k)
-    session_runs.append(time.perf_counter() - t)
-    return outputs
+def timed(method):
+    def run(*a, **k):
+        t = time.perf_counter()
+        outputs = method(*a, **k)
+        session_runs.append(time.perf_counter() - t)
+        return outputs
+    return run
 
 
-lm.session.run_with_ort_values = timed_run_with_ort_values
+lm.session.run_with_ort_values = timed(lm.session.run_with_ort_values)
+lm.session.run_with_iobinding = timed(lm.session.run_with_iobinding)
 overheads = []
 
 
@@ -50,5 +53,11 @@ def run_once():
 
 
 ttft, total, tokens = timed_runs(run_once)
-report("modelkiln", ids.shape[1], new_tokens, load_s, ttft, total, tokens, cold_start_s=cold_start_s,
+import json as _json  # noqa: E402
+import pathlib  # noqa: E402
+
+quant = _json.loads((pathlib.Path(model_dir) / "modelkiln.json").read_text()).get("quantization")
+name = "modelkiln " + (f"{quant['weights']} {quant['scheme']}" if quant else
+                       "fp32" + (" fused" if lm.in_place else ""))
+report(name, ids.shape[1], new_tokens, load_s, ttft, total, tokens, cold_start_s=cold_start_s,
        step_overhead_ms=1000 * sorted(overheads)[len(overheads) // 2])

@@ -1,5 +1,6 @@
-"""ONNX Runtime GenAI (its own venv). MODEL_DIR is a transformers-4 checkpoint; the model builder's fp32 CPU
-build is cached in MODEL_DIR + "-ortgenai-fp32"."""
+"""ONNX Runtime GenAI (its own venv). MODEL_DIR is a transformers checkpoint; the model builder's CPU build at
+$BENCH_PRECISION (fp32, or int4: block size 32, accuracy level 4 — its recommended CPU recipe) is cached in
+MODEL_DIR + "-ortgenai-<precision>"."""
 
 import os
 import subprocess
@@ -9,10 +10,13 @@ import onnxruntime_genai as og
 from common import args, now, report, timed_runs
 
 model_dir, prompt_ids, new_tokens = args()
-out_dir = model_dir.rstrip("/") + "-ortgenai-fp32"
+precision = os.environ.get("BENCH_PRECISION", "fp32")
+out_dir = model_dir.rstrip("/") + f"-ortgenai-{precision}"
 if not os.path.isdir(out_dir):
+    extra = ["--extra_options", "int4_block_size=32", "int4_accuracy_level=4"] if precision == "int4" else []
     subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", model_dir, "-o", out_dir,
-                    "-p", "fp32", "-e", "cpu", "-c", out_dir + "-cache"], check=True, stdout=subprocess.DEVNULL)
+                    "-p", precision, "-e", "cpu", "-c", out_dir + "-cache", *extra], check=True,
+                   stdout=subprocess.DEVNULL)
 start = now()
 model = og.Model(out_dir)
 load_s = now() - start
@@ -35,4 +39,4 @@ def run_once():
 
 
 ttft, total, tokens = timed_runs(run_once)
-report("ONNX Runtime GenAI", len(prompt_ids), new_tokens, load_s, ttft, total, tokens)
+report(f"ONNX Runtime GenAI {precision}", len(prompt_ids), new_tokens, load_s, ttft, total, tokens)
