@@ -79,6 +79,10 @@ def _minmax_blocks(weight_nk: np.ndarray, bits: int, block_size: int):
     return np.ascontiguousarray(packed), scales, low.astype(np.float32)
 
 
+def _shared(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    return graph.initializers[name] if name in graph.initializers else _initializer(graph, name, array)
+
+
 def _block_indicator(graph: ir.Graph, k: int, block_size: int) -> ir.Value:
     """[K, K / block_size] with ones where row k belongs to block b: one shared initializer per shape."""
     name = f"block_indicator_{k}x{block_size}"
@@ -130,8 +134,16 @@ class _Packed:
             attrs.append(ir.AttrInt64("accuracy_level", accuracy_level))
         nodes = [ir.Node(MS, "MatMulNBits", inputs, attrs, name=name)]
         if self.offsets is not None:  # + blocksum(x) @ offsets, blocksum as x @ [K, blocks] 0/1 (any rank of x)
-            nodes.append(ir.Node("", "MatMul", [x, _block_indicator(graph, self.k, block_size)],
-                                 name=f"{name}_block_sums"))
+            if x.shape is not None and x.shape.rank() == 3:  # [b, s, K] → [b, s, blocks, B] → sum
+                shape = _shared(graph, f"block_shape_{self.k}x{block_size}",
+                                np.array([0, 0, self.k // block_size, block_size], np.int64))
+                nodes.append(ir.Node("", "Reshape", [x, shape], name=f"{name}_blocks"))
+                nodes.append(ir.Node("", "ReduceSum", [nodes[-1].outputs[0], _shared(
+                    graph, "block_sum_axes", np.array([-1], np.int64))], [ir.AttrInt64("keepdims", 0)],
+                    name=f"{name}_block_sums"))
+            else:
+                nodes.append(ir.Node("", "MatMul", [x, _block_indicator(graph, self.k, block_size)],
+                                     name=f"{name}_block_sums"))
             nodes.append(ir.Node("", "MatMul", [nodes[-1].outputs[0], self.offsets], name=f"{name}_offsets"))
             nodes.append(ir.Node("", "Add", [nodes[0].outputs[0], nodes[-1].outputs[0]], name=f"{name}_plus_offsets"))
         graph.insert_before(before, nodes)
