@@ -102,7 +102,8 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
 
 
 def _validate_encoder(art: Artifact, reference, tolerances, quiet: bool, debug: bool) -> ParityReport:
-    """Encoder tasks (validate/encoder_cases.py): outputs elementwise, then pipeline answers."""
+    """Encoder tasks (validate/encoder_cases.py): outputs elementwise, then pipeline answers; a quantized artifact
+    (manifest `quantization`) is judged by per-sentence cosine and unchanged labels instead."""
     from modelkiln.exporter.encoder import ENCODER_TASKS
     from modelkiln.exporter.progress import Progress
     from modelkiln.validate.encoder_cases import EncoderContext, default_cases, run_encoder_case
@@ -111,7 +112,7 @@ def _validate_encoder(art: Artifact, reference, tolerances, quiet: bool, debug: 
         loaded, model = _load_reference(reference, art, ENCODER_TASKS[art.task].auto_class)
     precision = art.precision
     ctx = EncoderContext(art, loaded, model, lambda name: resolve_tolerance(name, precision, tolerances))
-    results = _run_all(default_cases(art.task, loaded.tokenizer),
+    results = _run_all(default_cases(art.task, loaded.tokenizer, art.manifest.get("quantization")),
                        lambda case: run_encoder_case(ctx, case, debug=debug), quiet)
     return _report(art, loaded, tolerances, ctx.output_names, results)
 

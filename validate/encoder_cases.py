@@ -11,6 +11,17 @@ Cases (each a frozen spec, run by `run_encoder_case`):
                       sentence-similarity run modelkiln's pipeline twice, on the graph and on eager PyTorch.
 
 Padding positions are excluded from per-token comparisons (both runtimes compute meaningless values there).
+
+A quantized artifact (a `quantization` entry in its manifest) changes the function itself, so elementwise fp32
+tolerances are the wrong test; its cases are instead
+
+    accuracy[N texts,b=32]  accuracy[N texts,b=1]     held-out texts (ACCURACY_TEXTS, none of them in the int8
+                      guard's corpus), batched as the pipelines batch them and one by one: per sentence, the
+                      mean-pooled embedding cosine against eager fp32 must reach the artifact's `min_cosine`
+                      (0.99; embedding tasks), and every argmax label must be unchanged (heads; their logits
+                      cosine is reported)
+    pipeline[...]     as above, with labels, words and spans exact and scores within 0.05 (fill-mask: top 1);
+                      embeddings by their cosine against eager
 """
 
 from __future__ import annotations
@@ -26,6 +37,9 @@ from modelkiln.validate.compare import Tolerance, compare_arrays, compare_tokens
 from modelkiln.validate.report import CaseResult
 
 SCORE_TOLERANCE = Tolerance(atol=1e-4, rtol=0.0)  # pipeline scores: probabilities in [0, 1]
+# int8: a probability moves by a few 1e-3 on MiniLM-size models; 0.05 still catches a wrong head or a broken graph
+QUANTIZED_SCORE_TOLERANCE = Tolerance(atol=0.05, rtol=0.0)
+DEFAULT_MIN_COSINE = 0.99
 
 TEXTS = (
     "My name is Wolfgang and I live in Berlin.",
@@ -36,8 +50,30 @@ TEXTS = (
 PAIRS = (("A man is eating food.", "Someone is eating a meal."), ("Où est la gare ?", "La gare est à gauche."))
 MASKED = ("The capital of France is {mask}.", "Café crème in {mask}, naïve résumé!", "東京は日本の{mask}です。",
           "The {mask} brown fox jumps over the {mask} dog.")
+# Held out from the int8 guard's corpus (graphs/encoder_corpus.py): what a quantized artifact is judged on.
+ACCURACY_TEXTS = TEXTS + (
+    "No.", "Hi there", "What time is it?", "Thank you very much!", "I love you", "Where are my keys?",
+    "A man is eating food.", "Someone is eating a meal.", "A woman is playing the violin.",
+    "The new phone has a great camera but the battery life is disappointing.",
+    "This restaurant was absolutely wonderful, we will definitely come back!",
+    "I waited two hours and nobody called me back. Unacceptable.",
+    "Python 3.12 was released in October 2023 with better error messages.",
+    "Die Katze schläft auf dem Sofa.", "El tren sale a las ocho de la mañana.", "Я люблю читать книги.",
+    "大阪の天気は晴れです。", "오늘 날씨가 좋네요.", "Το καλοκαίρι είναι ζεστό.", "🙂👍",
+    ("The committee will publish its final report after reviewing more than three hundred public comments "
+     "from residents, businesses and environmental groups across the region."),
+    ("Researchers measured the effect of sleep on memory in a study of 120 volunteers. Those who slept for eight "
+     "hours after learning a list of words remembered thirty percent more of them the next day than those who "
+     "stayed awake, and the difference was largest for words learned late in the evening."),
+)
 QA = (("Where do I live?", "My name is Wolfgang and I live in Berlin. My friend Sarah lives in Paris."),
       ("What is full of accents?", "Café crème, naïve résumé, Zürich, São Paulo and Kraków are full of accents."))
+ACCURACY_QA = QA + (
+    ("How many volunteers were in the study?", ACCURACY_TEXTS[-1]),
+    ("When was Python 3.12 released?", "Python 3.12 was released in October 2023 with better error messages."),
+    ("What is disappointing?", "The new phone has a great camera but the battery life is disappointing."),
+    ("Où dort le chat ?", "Le chat dort sur le canapé pendant que le chien joue dans le jardin."),
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +98,18 @@ class TextCase:
 
 
 @dataclass(frozen=True)
+class AccuracyCase:
+    """Quantized artifacts: real texts on the graph and on eager PyTorch, judged sentence by sentence."""
+
+    texts: tuple[Any, ...]  # strings, or (question, context) pairs
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"accuracy[{len(self.texts)} texts,b={self.batch}]"
+
+
+@dataclass(frozen=True)
 class PipelineCase:
     task: str
     inputs: tuple[Any, ...]
@@ -73,7 +121,9 @@ class PipelineCase:
         return f"pipeline[{self.task}{',' + extra if extra else ''},n={len(self.inputs)}]"
 
 
-def default_cases(task: str, tokenizer) -> list:
+def default_cases(task: str, tokenizer, quantization: dict | None = None) -> list:
+    if quantization:
+        return quantized_cases(task, tokenizer)
     cases: list = [ForwardCase(1, 8), ForwardCase(2, 16), ForwardCase(3, 11, pad=(0, 4, 9))]
     if tokenizer is None:
         return cases
@@ -93,6 +143,17 @@ def default_cases(task: str, tokenizer) -> list:
         cases.append(PipelineCase(task, QA, {"top_k": 3}))
     elif task in ("feature-extraction", "sentence-similarity"):
         cases.append(PipelineCase(task, TEXTS))
+    return cases
+
+
+def quantized_cases(task: str, tokenizer) -> list:
+    """Accuracy on held-out texts instead of elementwise forward comparisons; then the pipeline answers."""
+    texts = ACCURACY_QA if task == "question-answering" else ACCURACY_TEXTS
+    cases: list = [AccuracyCase(texts, 32), AccuracyCase(texts, 1)]
+    for case in default_cases(task, tokenizer):
+        if isinstance(case, PipelineCase):
+            cases.append(PipelineCase(case.task, case.inputs, {**case.kwargs, "top_k": 1}) if task == "fill-mask"
+                         else case)
     return cases
 
 
@@ -130,6 +191,9 @@ class EncoderContext:
         self.tolerance = tolerance  # callable: output name -> Tolerance
         self.rng = np.random.default_rng(seed)
         self.vocab_size = model.config.vocab_size
+        self.quantization = artifact.manifest.get("quantization") or None
+        self.min_cosine = float((self.quantization or {}).get("min_cosine") or DEFAULT_MIN_COSINE)
+        self.score_tolerance = QUANTIZED_SCORE_TOLERANCE if self.quantization else SCORE_TOLERANCE
 
     def compare_outputs(self, feed: dict[str, np.ndarray]):
         compiled = self.session.run(self.output_names, feed)
@@ -180,18 +244,72 @@ def run_pipeline(ctx: EncoderContext, case: PipelineCase):
             expected = eager(question=questions, context=contexts, **case.kwargs)
             return [], [], (actual, expected)
         actual, expected = ours.encode(inputs), eager.encode(inputs)
+        if ctx.quantization:
+            return [cosine_check(ctx, "sentence embeddings cosine vs eager", actual, expected, inputs)], []
         return [compare_arrays("sentence embeddings", actual, expected, ctx.tolerance("last_hidden_state"))], []
     import transformers
 
     reference = transformers.pipeline(case.task, model=ctx.model, tokenizer=ctx.loaded.tokenizer, device="cpu")
     actual, expected = ours(inputs, **case.kwargs), reference(inputs, **case.kwargs)
     if case.task == "feature-extraction":
+        if ctx.quantization:  # one mean-pooled vector per text
+            pooled = [(np.asarray(a)[0].mean(0), np.asarray(e)[0].mean(0)) for a, e in zip(actual, expected)]
+            return [cosine_check(ctx, "mean-pooled features cosine vs eager", np.stack([a for a, _ in pooled]),
+                                 np.stack([e for _, e in pooled]), inputs)], []
         return [compare_arrays(f"features[{i}]", np.asarray(a), np.asarray(e), ctx.tolerance("last_hidden_state"))
                 for i, (a, e) in enumerate(zip(actual, expected))], []
     return [], [], (actual, expected)
 
 
-def compare_answers(actual, expected, name: str = "answers"):
+def cosine_check(ctx: EncoderContext, what: str, actual: np.ndarray, expected: np.ndarray, texts) -> Any:
+    """Row-wise cosine of two [n, d] arrays, passing when every row reaches ctx.min_cosine; the name carries the
+    figures (worst, which text, mean)."""
+    from modelkiln.graphs.encoder_accuracy import cosine
+
+    cosines = np.array([cosine(a, e) for a, e in zip(actual, expected)])
+    return _cosine_comparison(ctx, what, cosines, list(texts))
+
+
+def _cosine_comparison(ctx: EncoderContext, what: str, cosines: np.ndarray, texts: list, judged: bool = True):
+    worst = int(np.argmin(cosines)) if len(cosines) else 0
+    text = texts[worst] if texts else ""
+    text = text if isinstance(text, str) else text[0]
+    label = (f"{what}: worst {cosines.min():.4f} ({text[:32]!r}), mean {cosines.mean():.4f} over {len(cosines)} "
+             f"rows" + (f", needs >= {ctx.min_cosine}" if judged else ""))
+    # cosines against 1: the line's "max abs" is the worst sentence's loss, 1 - cosine
+    allowed = round(1.0 - ctx.min_cosine, 12) if judged else 2.0
+    return compare_arrays(label, cosines, np.ones_like(cosines), Tolerance(atol=allowed, rtol=0.0))
+
+
+def run_accuracy(ctx: EncoderContext, case: AccuracyCase):
+    """Held-out texts through the artifact's tokenizer (the int8 guard's batching: length-sorted, padded), the
+    graph against eager: per-row cosine (graphs/encoder_accuracy.py) and every argmax label."""
+    from modelkiln.graphs.encoder_accuracy import EMBEDDING_TASKS, TIE, Agreement, agreement
+    from modelkiln.graphs.encoder_quantization import corpus_batches
+
+    batches = corpus_batches(ctx.artifact.root, ctx.task, ctx.input_names, ctx.artifact.manifest,
+                             texts=case.texts, batch_size=case.batch)
+    total, texts = Agreement(), []
+    for batch in batches:
+        feed = {n: batch.feed[n] for n in ctx.input_names}
+        compiled = dict(zip(ctx.output_names, ctx.session.run(ctx.output_names, feed)))
+        eager = dict(zip(ctx.output_names, ctx.eager.run(ctx.output_names, feed)))
+        total.extend(agreement(ctx.task, eager, compiled, batch.mask, batch.focus))
+        texts += batch.texts
+    if ctx.task in EMBEDDING_TASKS:
+        outputs = [_cosine_comparison(ctx, "mean-pooled embedding cosine vs eager", np.array(total.cosines), texts)]
+    else:  # heads are judged by their labels (and the pipelines' scores); the logits cosine is for the reader
+        outputs = [_cosine_comparison(ctx, "logits cosine vs eager (reported, not judged)", np.array(total.cosines),
+                                      texts, judged=False)]
+    tokens = []
+    if total.labels:
+        ties = f", {total.tied_changes} more between labels eager rates within {TIE}" if total.tied_changes else ""
+        tokens.append(compare_tokens(f"argmax labels vs eager ({total.label_changes} of {total.labels} changed{ties})",
+                                     total.actual_labels, total.expected_labels))
+    return outputs, tokens
+
+
+def compare_answers(actual, expected, name: str = "answers", score_tolerance: Tolerance = SCORE_TOLERANCE):
     """Pipeline answers: every non-score field exactly (as one token comparison), then the scores elementwise.
 
     Strings are numbered in order of first appearance, so the token comparison is exact on words and labels;
@@ -211,7 +329,7 @@ def compare_answers(actual, expected, name: str = "answers"):
     outputs = []
     if tokens[0].passed and e_scores:
         outputs.append(compare_arrays(f"{name} scores", np.array(a_scores, dtype=np.float64),
-                                      np.array(e_scores, dtype=np.float64), SCORE_TOLERANCE))
+                                      np.array(e_scores, dtype=np.float64), score_tolerance))
     return outputs, tokens
 
 
@@ -251,17 +369,18 @@ def _code(value, table: dict) -> int:
     return table[key]
 
 
-_RUNNERS = {ForwardCase: run_forward, TextCase: run_texts, PipelineCase: run_pipeline}
-_KINDS = {ForwardCase: "forward", TextCase: "texts", PipelineCase: "pipeline"}
+_RUNNERS = {ForwardCase: run_forward, TextCase: run_texts, PipelineCase: run_pipeline, AccuracyCase: run_accuracy}
+_KINDS = {ForwardCase: "forward", TextCase: "texts", PipelineCase: "pipeline", AccuracyCase: "accuracy"}
 
 
 def run_encoder_case(ctx: EncoderContext, case, debug: bool = False) -> CaseResult:
-    params = {k: v for k, v in case.__dict__.items() if k not in ("inputs",)}
+    skip = ("inputs", "texts") if isinstance(case, AccuracyCase) else ("inputs",)
+    params = {k: v for k, v in case.__dict__.items() if k not in skip}
     start = time.perf_counter()
     try:
         result = _RUNNERS[type(case)](ctx, case)
         if len(result) == 3:  # answers to compare structurally
-            outputs, tokens = compare_answers(*result[2])
+            outputs, tokens = compare_answers(*result[2], score_tolerance=ctx.score_tolerance)
         else:
             outputs, tokens = result
     except Exception as e:  # a crashing case is a reported failure, not an aborted validation

@@ -1,0 +1,630 @@
+"""`quantize_dynamic_int8`: int8 weights, dynamically quantized uint8 activations, with an accuracy guard.
+
+    transform("art/minilm", "art/minilm-int8", [("fuse_encoder", {}),
+              ("quantize_dynamic_int8", {"per_channel": True, "min_cosine": 0.99, "exclude": []})])
+    # all-MiniLM-L6-v2: {"quantized": 30, "outlier_split": 7, "kept_float": ["model.encoder.layer.5.attention.value",
+    #          ... 6 of 36], "measured_worst_cosine": 0.9936, "label_changes": 0, "guard_trials": 44, ...}  (7 s)
+
+Each MatMul with a constant float weight W [K, N] becomes ONNX Runtime's `DynamicQuantizeMatMul(x, W_q, scale)`:
+W_q int8 symmetric, one scale per output column (per_channel) or one for all; x is quantized to uint8 with one
+scale for the whole tensor at run time, and the product runs on the integer (VNNI) kernels. The packed QKV weight
+of a fused `Attention` node is quantized too: the node becomes three MatMuls + MultiHeadAttention first (the CPU
+QAttention kernel cannot take the additive mask our graphs use, and the CPU MultiHeadAttention kernel no packed QKV).
+
+Why plain dynamic int8 is not enough (all-MiniLM-L6-v2, worst sentence of graphs/encoder_corpus.py against fp32):
+everything int8 gives cosine 0.95 (optimum-onnx's per-tensor config: 0.944). BERT's hidden states carry "massive
+activations": at the [CLS] token one channel of the LayerNorm output reaches ~28 (and one channel of some GELU
+outputs ~24) while the median is ~0.3, so one per-tensor uint8 scale leaves the ordinary values two or three
+levels. The MatMuls that read those tensors (the FFN's two) cost the most: quantizing layer 0's FFN output alone
+already gives 0.9928. So, in order:
+  1. outlier channels: for a MatMul whose input has channels far above the rest on the corpus (max/p99 of the
+     per-channel |x| >= `outlier_ratio`), its top `outlier_channels` channels are taken out of the int8 product
+     and computed in float: y = DQMM(x * keep, W_q) + x[..., idx] @ W[idx] (exact for those channels; 0.95 -> 0.987
+     on MiniLM for the cost of a small MatMul and an add);
+  2. the guard: run the fp32 graph and the int8 graph on the corpus through the artifact's own tokenizer, compare
+     them sentence by sentence (graphs/encoder_accuracy.py: the mean-pooled embedding cosine, or the head's argmax
+     labels); if the worst sentence is below `min_cosine` or a label changed, rank the MatMuls
+     by the damage each does when it alone is int8 (one session per MatMul), and keep the top-k in float, k found
+     by doubling then bisection, each k measured end to end;
+  3. raise when no k short of "everything float" meets the target.
+What was split, what was kept in float and the measured figures go into the result and the manifest's `quantization`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from modelkiln.graphs.encoder_accuracy import EMBEDDING_TASKS, Agreement, agreement
+from modelkiln.graphs.encoder_corpus import QUESTION_CONTEXTS, SENTENCES
+from modelkiln.graphs.passes import PassContext, register_pass
+from modelkiln.runtime.errors import ModelkilnError
+
+MS_DOMAIN = "com.microsoft"
+ENCODER_TASKS = ("feature-extraction", "sentence-similarity", "text-classification", "token-classification",
+                 "question-answering", "fill-mask")
+GUARD_MAX_LENGTH = 256  # sentence-transformers' usual max_seq_length; longer inputs add time, not information
+GUARD_BATCH = 32
+# Above this many MatMuls, ranking by one session per MatMul gets slow: rank by each MatMul's own output error.
+MEASURED_RANKING_LIMIT = 96
+RANKING_ROWS = 8
+# The guard aims a quarter of the allowed loss above min_cosine (0.9925 for 0.99): int8 error depends on which
+# sentences share a batch (one activation scale per tensor), so texts and batches the corpus does not have come
+# out a little worse (MiniLM: 0.9915 on the corpus was 0.9867 on 20 other sentences in one batch).
+GUARD_HEADROOM = 0.25
+
+
+@register_pass("quantize_dynamic_int8")
+def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosine: float | None = 0.99,
+                          exclude: Sequence[str] = (), reduce_range: bool = False, outlier_channels: int = 2,
+                          outlier_ratio: float = 3.0, context: PassContext) -> dict[str, Any]:
+    """Quantize in place (see the module docstring).
+
+    `exclude`: fnmatch patterns over MatMul labels (`*.layer.5.output.dense`), node names or weight names, kept in
+    float. `min_cosine=None` (or 0) skips the search but still measures. `reduce_range`: 7-bit weights, for CPUs
+    without VNNI whose u8s8 kernels can saturate. `outlier_channels=0` turns the outlier split off.
+    """
+    if min_cosine is not None and not 0 <= float(min_cosine) <= 1:
+        raise ModelkilnError(f"min_cosine must be between 0 and 1, got {min_cosine!r}")
+    if outlier_channels < 0 or outlier_ratio <= 1:
+        raise ModelkilnError(f"outlier_channels must be >= 0 and outlier_ratio > 1, got {outlier_channels}, "
+                             f"{outlier_ratio}")
+    task = context.manifest.get("task") or "feature-extraction"
+    if task not in ENCODER_TASKS:
+        raise ModelkilnError(f"quantize_dynamic_int8 is for encoder artifacts; this one is {task!r}")
+    if any(n.op_type == "DynamicQuantizeMatMul" for n in model.graph):
+        raise ModelkilnError("the graph is already quantized (it has DynamicQuantizeMatMul nodes); quantize the "
+                             "fp32 artifact instead")
+    # The guard's variants are sessions from bytes: weights in memory, before any numpy view of the mmap exists.
+    ir.external_data.load_to_model(model)
+    split = _split_attention(model)
+    candidates = _candidates(model)
+    if not candidates:
+        raise ModelkilnError("int8 quantization needs MatMul nodes with constant float weights, and this graph has "
+                             "none; nothing to quantize")
+    excluded = [c.label for c in candidates if _matches(c, exclude)]
+    pool = [c for c in candidates if c.label not in excluded]
+    if not pool:
+        raise ModelkilnError(f"--exclude {', '.join(exclude)} matches every quantizable MatMul "
+                             f"({len(candidates)}); nothing would be quantized")
+
+    inputs = [v.name for v in model.graph.inputs]
+    guard = _Guard(model, task, lambda texts=None: corpus_batches(context.artifact_dir, task, inputs,
+                                                                   context.manifest, texts), pool)
+    amax = guard.channel_absmax() if outlier_channels else {}
+    for c in pool:
+        c.choose_outliers(amax.get(c.label), outlier_channels, outlier_ratio)
+        c.quantize_weight(per_channel, reduce_range)
+    if min_cosine:
+        target = 1.0 - (1.0 - GUARD_HEADROOM) * (1.0 - float(min_cosine))
+        kept, measured, trials = guard.search(target, asked=float(min_cosine))
+    else:
+        kept, measured, trials = [], guard.measure({c.label for c in pool}, exact=True), 1
+    chosen = [c for c in pool if c.label not in kept]
+    shared: dict[str, tuple[ir.Value, ir.Value]] = {}
+    for c in chosen:
+        c.apply(model, shared)
+    _tidy(model)
+
+    outliers = {c.label: [int(i) for i in c.outliers] for c in chosen if c.outliers is not None}
+    result: dict[str, Any] = {
+        "quantized": len(chosen), "outlier_split": len(outliers), "kept_float": kept, "excluded": excluded,
+        "attention_split": split, "per_channel": per_channel, "reduce_range": reduce_range, "min_cosine": min_cosine,
+        "measured_worst_cosine": round(measured.worst_cosine, 6), "measured_mean_cosine": round(measured.mean_cosine, 6),
+        "label_changes": measured.label_changes, "tied_label_changes": measured.tied_changes,
+        "labels_compared": measured.labels, "guard_rows": len(measured.cosines), "guard_trials": trials,
+    }
+    criterion = ("worst mean-pooled embedding cosine >= min_cosine" if task in EMBEDDING_TASKS
+                 else "argmax labels unchanged (the cosine is the logits', reported)")
+    context.manifest_updates.update({  # `precision` stays the activations' (fp32), as for the decoders' int4/int8
+        "quantization": {
+            "weights": "int8", "activations": "uint8, dynamic, per tensor", "method": "dynamic",
+            "per_channel": per_channel, "reduce_range": reduce_range, "kept_float": kept, "excluded": excluded,
+            "outlier_channels": outliers, "min_cosine": min_cosine,
+            "measured_worst_cosine": result["measured_worst_cosine"],
+            "measured_mean_cosine": result["measured_mean_cosine"], "label_changes": measured.label_changes,
+            "criterion": criterion, "measured_against": "the fp32 graph, on modelkiln.graphs.encoder_corpus",
+        },
+    })
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+
+
+@dataclass
+class _Candidate:
+    """One quantizable MatMul: `label` names it for people (its layer: `...layer.0.intermediate.dense`)."""
+
+    node_name: str
+    label: str
+    weight_name: str
+    weight: np.ndarray  # [K, N] float32
+    outliers: np.ndarray | None = None  # input channels computed in float
+    quantized: np.ndarray | None = None  # int8 [K, N] (outlier rows zero)
+    scale: np.ndarray | None = None  # float32 [N] or scalar
+
+    def choose_outliers(self, absmax: np.ndarray | None, count: int, ratio: float) -> None:
+        """The `count` largest input channels, when the largest is `ratio` times the 99th percentile or more."""
+        self.outliers = None
+        if absmax is None or count == 0 or absmax.size <= count:
+            return
+        if absmax.max() >= ratio * max(float(np.percentile(absmax, 99)), 1e-12):
+            self.outliers = np.sort(np.argsort(absmax)[::-1][:count]).astype(np.int64)
+
+    def quantize_weight(self, per_channel: bool, reduce_range: bool) -> None:
+        qmax = 63.0 if reduce_range else 127.0
+        weight = self.weight
+        if self.outliers is not None:
+            weight = weight.copy()
+            weight[self.outliers] = 0.0  # those rows run in float: keep them out of the int8 range too
+        peak = np.abs(weight).max(axis=0) if per_channel else np.abs(weight).max(keepdims=False)
+        scale = np.where(peak > 0, peak / qmax, 1.0).astype(np.float32)
+        self.quantized = np.clip(np.rint(weight / scale), -qmax, qmax).astype(np.int8)
+        self.scale = np.asarray(scale, dtype=np.float32)
+
+    def apply(self, model: ir.Model, shared: dict | None = None, switch: ir.Value | None = None) -> None:
+        """MatMul(x, W) [-> Add(bias) | BiasGelu(bias)]  =>  DynamicQuantizeMatMul(x, W_q, scale[, bias]) [-> Gelu],
+        plus, with outlier channels, `+ Gather(x, idx) @ W[idx]` on a `x * keep` input.
+
+        With `switch` (a bool scalar) the float path stays and `Where(switch, int8, float)` picks one at run time:
+        the guard's switchboard graph."""
+        graph = model.graph
+        node = next(n for n in graph if n.name == self.node_name)
+        x = node.inputs[0]
+        shared = {} if shared is None else shared
+        key = self.weight_name if self.outliers is None else f"{self.weight_name}@{self.node_name}"
+        if key not in shared:  # ALBERT-style shared layers: one int8 copy per shared weight
+            shared[key] = (_initializer(graph, f"{self.weight_name}.int8", self.quantized),
+                           _initializer(graph, f"{self.weight_name}.scale", self.scale))
+        w_q, scale = shared[key]
+        extra: list[ir.Node] = []
+        correction = None
+        if self.outliers is not None:
+            keep = np.ones(self.weight.shape[0], dtype=np.float32)
+            keep[self.outliers] = 0.0
+            masked = ir.node("Mul", [x, _initializer(graph, f"{self.weight_name}.keep", keep)])
+            gathered = ir.node("Gather", [x, _initializer(graph, f"{self.weight_name}.outlier_index", self.outliers)],
+                               attributes={"axis": -1})
+            small = ir.node("MatMul", [gathered.outputs[0], _initializer(graph, f"{self.weight_name}.outlier_rows",
+                                                                         self.weight[self.outliers])])
+            extra, x, correction = [masked, gathered, small], masked.outputs[0], small.outputs[0]
+        out = node.outputs[0]
+        after, bias = _bias_after(out)
+        fused = ir.node("DynamicQuantizeMatMul", [x, w_q, scale, None] + ([bias] if bias is not None else []),
+                        domain=MS_DOMAIN, name=f"{self.node_name}_int8")
+        for new in (*extra, fused):
+            graph.insert_before(node, new)
+        result = fused.outputs[0]
+        if correction is not None:
+            add = ir.node("Add", [result, correction])
+            graph.insert_before(node, add)
+            result = add.outputs[0]
+        if after is not None and after.op_type == "BiasGelu":  # the bias went into the MatMul: plain Gelu now
+            gelu = ir.node("Gelu", [result], domain=MS_DOMAIN)
+            graph.insert_before(node, gelu)
+            result = gelu.outputs[0]
+        replaced = after.outputs[0] if after is not None else out
+        model.opset_imports.setdefault(MS_DOMAIN, 1)
+        if switch is not None:
+            uses = list(replaced.uses())
+            pick = ir.node("Where", [switch, result, replaced])
+            graph.insert_after(after or node, pick)
+            for use in uses:
+                use.node.replace_input_with(use.idx, pick.outputs[0])
+            if replaced.is_graph_output():  # (not _replace: pick itself reads `replaced`)
+                _swap_output(graph, replaced, pick.outputs[0])
+            return
+        _replace(graph, replaced, result)
+        graph.remove([n for n in (after, node) if n is not None], safe=True)
+
+
+def _candidates(model: ir.Model) -> list[_Candidate]:
+    found = []
+    for i, node in enumerate(model.graph):
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        x, w = node.inputs
+        if w is None or not w.is_initializer() or w.const_value is None or w.dtype != ir.DataType.FLOAT:
+            continue
+        if len(w.shape) != 2 or x is None or x.dtype not in (None, ir.DataType.FLOAT):
+            continue
+        if not node.name:
+            node.name = f"matmul_{i}"
+        found.append(_Candidate(node.name, _label(node), w.name, w.const_value.numpy()))
+    labels = [c.label for c in found]
+    for c in found:  # labels must be unique: they are what kept_float and --exclude name
+        if labels.count(c.label) > 1:
+            c.label = f"{c.label}:{c.node_name}"
+    return found
+
+
+def _label(node: ir.Node) -> str:
+    """The weight's layer name: its own name when it has one (`...attention.query.weight`), else the name of the
+    bias that follows it (`...layer.0.intermediate.dense.bias`), else the node's name."""
+    weight = node.inputs[1]
+    if weight is not None and not weight.name.startswith(("val_", "_")) and "folded" not in weight.name:
+        return weight.name.removesuffix(".weight")
+    for use in node.outputs[0].uses():
+        consumer = use.node
+        biases = {"Add": [1 - use.idx], "Sum": range(len(consumer.inputs)), "BiasGelu": [1],
+                  "SkipLayerNormalization": [4]}.get(consumer.op_type, [])
+        for i in biases:
+            bias = consumer.inputs[i] if i < len(consumer.inputs) else None
+            if bias is not None and bias.is_initializer() and len(bias.shape or ()) == 1 and bias.name.endswith(".bias"):
+                return bias.name.removesuffix(".bias")
+    return node.name
+
+
+def _matches(c: _Candidate, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns for name in (c.label, c.node_name, c.weight_name))
+
+
+def _bias_after(out: ir.Value) -> tuple[ir.Node | None, ir.Value | None]:
+    """The Add(out, bias[N]) or BiasGelu(out, bias[N]) that is out's only use, if any: the bias moves into
+    DynamicQuantizeMatMul's bias input."""
+    uses = list(out.uses())
+    if len(uses) != 1 or out.is_graph_output():
+        return None, None
+    after, index = uses[0].node, uses[0].idx
+    if after.op_type == "Add" and after.domain in ("", "ai.onnx"):
+        bias = after.inputs[1 - index]
+    elif after.op_type == "BiasGelu" and after.domain == MS_DOMAIN and index == 0:
+        bias = after.inputs[1]
+    else:
+        return None, None
+    if bias is None or not bias.is_initializer() or bias.const_value is None or len(bias.shape) != 1:
+        return None, None
+    return after, bias
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    base, i = name, 1
+    while name in graph.initializers:
+        name, i = f"{base}.{i}", i + 1
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _replace(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """old.replace_all_uses_with(new); a graph output keeps its place and name."""
+    if old.is_graph_output():
+        _swap_output(graph, old, new)
+    old.replace_all_uses_with(new)
+
+
+def _swap_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    index = graph.outputs.index(old)
+    name, shape, dtype = old.name, old.shape, old.dtype
+    old.name = f"{name}_float"
+    new.name, new.shape, new.dtype = name, shape, dtype
+    graph.outputs[index] = new
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+
+def _split_attention(model: ir.Model) -> int:
+    """Attention(x, W_qkv, b_qkv, attention_bias=B) -> MultiHeadAttention(x·W_q, x·W_k, x·W_v, bias=b_qkv, B).
+
+    Same math (MultiHeadAttention adds the packed bias to q, k, v itself), with the projections now plain MatMuls
+    the quantizer can take. Three MatMuls rather than one + Split: the CPU MultiHeadAttention kernel does not take
+    packed QKV, and the Split's copy cost more than quantizing x three times (MiniLM, batch 32: 43.9 vs 45.0 ms).
+    Nodes with a mask_index, a past, rotary or causal attention stay as they are.
+    """
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Attention" or node.domain != MS_DOMAIN:
+            continue
+        inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+        x, weight, bias, mask_index, past, attention_bias = inputs[:6]
+        attrs = node.attributes
+        if (mask_index is not None or past is not None or len(node.inputs) > 6 or attrs.get_int("unidirectional", 0)
+                or attrs.get_int("do_rotary", 0) or weight is None or not weight.is_initializer()
+                or weight.const_value is None
+                or len(node.outputs) > 1 and any(o.uses() or o.is_graph_output() for o in node.outputs[1:])):
+            continue
+        hidden = weight.shape[1] // 3
+        sizes = attrs.get_ints("qkv_hidden_sizes", None)
+        if weight.shape[1] % 3 or (sizes is not None and len(set(sizes)) != 1):
+            continue
+        prefix = node.name or f"attention_{count}"
+        base = weight.name.removesuffix(".weight").removesuffix(".qkv")
+        w = weight.const_value.numpy()
+        projections = [ir.node("MatMul", [x, _initializer(graph, f"{base}.{part}.weight",
+                                                          np.ascontiguousarray(w[:, i * hidden:(i + 1) * hidden]))],
+                               name=f"{prefix}_{part}") for i, part in enumerate(("query", "key", "value"))]
+        mha_attrs: dict[str, Any] = {"num_heads": attrs.get_int("num_heads")}
+        for name in ("scale", "mask_filter_value"):
+            if name in attrs:
+                mha_attrs[name] = attrs.get_float(name)
+        mha = ir.node("MultiHeadAttention", [*(p.outputs[0] for p in projections), bias, None, attention_bias],
+                      attributes=mha_attrs, domain=MS_DOMAIN, name=f"{prefix}_mha")
+        for new in (*projections, mha):
+            graph.insert_before(node, new)
+        _replace(graph, node.outputs[0], mha.outputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def _tidy(model: ir.Model) -> None:
+    from onnx_ir.passes import common as ir_common
+
+    ir_common.RemoveUnusedNodesPass()(model)
+    for name in [n for n, v in model.graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        model.graph.initializers.pop(name)
+    ir_common.TopologicalSortPass()(model)
+
+
+# ---------------------------------------------------------------------------------------------- the guard
+
+
+@dataclass
+class _Batch:
+    feed: dict[str, np.ndarray]
+    mask: np.ndarray  # [batch, seq] attention mask
+    focus: np.ndarray | None  # positions that count for per-token heads (fill-mask: the masked ones)
+    texts: list  # the corpus entries of the rows, in order
+
+
+class _Guard:
+    """Runs variants of the graph on the corpus and compares them with the fp32 graph."""
+
+    def __init__(self, model: ir.Model, task: str, encode, pool: list[_Candidate]):
+        self.proto = ir.to_proto(model)  # fp32, attention already split: the base every variant starts from
+        self.size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+        self.task, self.encode, self.pool = task, encode, pool
+        self.output_names = [o.name for o in model.graph.outputs]
+        self.batches = encode()
+        self.reference = self._run(self.proto, self.batches)
+        self.trials = 0  # graph variants measured
+        self._board = None
+
+    def switchboard(self):
+        """One session in which every candidate runs both ways and a bool input picks (`_Candidate.apply(switch=)`):
+        the guard's many variants without serializing the model and building a session for each (0.45 s each on
+        MiniLM; a board run costs about two fp32 runs). Built once the weights are quantized."""
+        if self._board is None:
+            variant = ir.from_proto(self.proto)
+            board = ir.Value(name="modelkiln_int8_switch", shape=ir.Shape([len(self.pool)]),
+                             type=ir.TensorType(ir.DataType.BOOL))
+            variant.graph.inputs.append(board)
+            shared: dict = {}
+            for i, c in enumerate(self.pool):
+                index = _initializer(variant.graph, f"modelkiln_switch_{i}", np.array(i, dtype=np.int64))
+                pick = ir.node("Gather", [board, index], attributes={"axis": 0})
+                node = next(n for n in variant.graph if n.name == c.node_name)
+                variant.graph.insert_before(node, pick)
+                c.apply(variant, shared, switch=pick.outputs[0])
+            self._board = _session(ir.to_proto(variant), 2 * self.size)
+        return self._board
+
+    def _run(self, proto, batches: list[_Batch], names: list[str] | None = None) -> list[list[np.ndarray]]:
+        session = _session(proto, self.size)
+        inputs = {i.name for i in session.get_inputs()}
+        return [session.run(names or self.output_names, {k: v for k, v in b.feed.items() if k in inputs})
+                for b in batches]
+
+    def measure(self, quantized: set[str], on: tuple[list[_Batch], list] | None = None,
+                exact: bool = False) -> Agreement:
+        """The corpus (or `on`: other batches and their fp32 outputs) with the MatMuls labelled in `quantized`
+        int8, against fp32; on the switchboard, or `exact`ly on the graph as it will be saved."""
+        batches, reference = on or (self.batches, self.reference)
+        self.trials += 1
+        if exact:  # the graph as it will be saved
+            variant = ir.from_proto(self.proto)
+            shared: dict = {}
+            for c in self.pool:
+                if c.label in quantized:
+                    c.apply(variant, shared)
+            outputs = self._run(ir.to_proto(variant), batches)
+        else:
+            board = self.switchboard()
+            switch = np.array([c.label in quantized for c in self.pool])
+            names = {i.name for i in board.get_inputs()}
+            outputs = [board.run(self.output_names, {**{k: v for k, v in b.feed.items() if k in names},
+                                                     "modelkiln_int8_switch": switch}) for b in batches]
+        total = Agreement()
+        for batch, expected, actual in zip(batches, reference, outputs):
+            total.extend(agreement(self.task, dict(zip(self.output_names, expected)),
+                                   dict(zip(self.output_names, actual)), batch.mask, batch.focus))
+        return total
+
+    def channel_absmax(self) -> dict[str, np.ndarray]:
+        """Per candidate: max |x| of each input channel over the corpus's real tokens (one fp32 run)."""
+        variant = ir.from_proto(self.proto)
+        nodes = {n.name: n for n in variant.graph}
+        inputs = {c.label: nodes[c.node_name].inputs[0] for c in self.pool}
+        names: list[str] = []
+        for x in inputs.values():
+            if x.name not in names:
+                x.dtype = x.dtype or ir.DataType.FLOAT
+                if not x.is_graph_output():
+                    variant.graph.outputs.append(x)
+                names.append(x.name)
+        amax: dict[str, np.ndarray] = {}
+        for batch, values in zip(self.batches, self._run(ir.to_proto(variant), self.batches, names)):
+            by_name = dict(zip(names, values))
+            real = batch.mask.astype(bool)
+            for label, x in inputs.items():
+                value = by_name[x.name]
+                rows = value[real] if value.ndim == 3 and value.shape[:2] == real.shape else value.reshape(
+                    -1, value.shape[-1])
+                amax[label] = np.maximum(amax.get(label, 0.0), np.abs(rows).max(axis=0))
+        return amax
+
+    def search(self, min_cosine: float, asked: float | None = None) -> tuple[list[str], Agreement, int]:
+        """The smallest k such that keeping the k most damaging MatMuls in float meets the target (`min_cosine`,
+        the user's `asked` one plus headroom)."""
+        asked = min_cosine if asked is None else asked
+        everything = {c.label for c in self.pool}
+        results = {0: self.measure(everything, exact=True)}
+        if results[0].passes(min_cosine, self.task):
+            return [], results[0], self.trials
+        order = self.rank(results[0])
+        n = len(order)
+
+        def keep_float(k: int) -> bool:
+            results[k] = self.measure(set(order[k:]))
+            return results[k].passes(min_cosine, self.task)
+
+        low, high, k = 0, None, 1  # keep_float(low) fails; double k until one passes (n - 1 tried last)
+        while high is None and k < n:
+            if keep_float(k):
+                high = k
+            else:
+                low = k
+                k = n - 1 if k < n - 1 <= 2 * k else 2 * k
+        if high is None:
+            worst = results[low]
+            raise ModelkilnError(
+                f"int8 cannot meet min_cosine {asked} on the guard corpus: even with {low} of {n} MatMuls kept "
+                f"in float the worst sentence is at cosine {worst.worst_cosine:.4f} ({worst.label_changes} label "
+                "changes); lower --min-cosine or keep the model in fp32")
+        while high - low > 1:
+            mid = (low + high) // 2
+            if keep_float(mid):
+                high = mid
+            else:
+                low = mid
+        # the board's Where nodes can change which fusions onnxruntime applies: confirm on the real graph
+        while high < n:
+            final = self.measure(set(order[high:]), exact=True)
+            if final.passes(min_cosine, self.task):
+                return order[:high], final, self.trials
+            high += 1
+        raise ModelkilnError(f"int8 cannot meet min_cosine {asked} on the guard corpus with fewer than all "
+                             f"{n} MatMuls in float; lower --min-cosine or keep the model in fp32")
+
+    def rank(self, everything: Agreement) -> list[str]:
+        """Labels, most damaging first: the worst-sentence cosine loss (plus label changes) with only that MatMul
+        int8, one session each, on the RANKING_ROWS sentences that fared worst with everything int8 (the ones the
+        target is about, and a fraction of the corpus's run time); for very large graphs, each MatMul's own
+        output error instead."""
+        if len(self.pool) > MEASURED_RANKING_LIMIT:
+            return self._rank_local()
+        rows = [text for batch in self.batches for text in batch.texts]
+        worst = sorted(range(len(rows)), key=lambda i: (-(i in everything.changed_rows), everything.cosines[i]))
+        batches = self.encode([rows[i] for i in worst[:RANKING_ROWS]])
+        on = (batches, self._run(self.proto, batches))
+        damage = {}
+        for c in self.pool:
+            alone = self.measure({c.label}, on)
+            damage[c.label] = (alone.label_changes, 1.0 - alone.worst_cosine)
+        return sorted(damage, key=damage.get, reverse=True)
+
+    def _rank_local(self) -> list[str]:
+        variant = ir.from_proto(self.proto)
+        nodes = {n.name: n for n in variant.graph}
+        names: list[str] = []
+        for c in self.pool:
+            x = nodes[c.node_name].inputs[0]
+            if x.name not in names:
+                x.dtype = x.dtype or ir.DataType.FLOAT
+                if not x.is_graph_output():
+                    variant.graph.outputs.append(x)
+                names.append(x.name)
+        errors = {c.label: [0.0, 0.0] for c in self.pool}
+        for batch, values in zip(self.batches, self._run(ir.to_proto(variant), self.batches, names)):
+            by_name = dict(zip(names, values))
+            real = batch.mask.astype(bool)
+            for c in self.pool:
+                x = by_name[nodes[c.node_name].inputs[0].name]
+                rows = x[real] if x.ndim == 3 and x.shape[:2] == real.shape else x.reshape(-1, x.shape[-1])
+                exact = rows @ c.weight
+                kept = rows.copy()
+                if c.outliers is not None:
+                    kept[:, c.outliers] = 0.0
+                approx = _fake_quantize(kept, x if c.outliers is None else kept) @ (
+                    c.quantized.astype(np.float32) * c.scale)
+                if c.outliers is not None:
+                    approx += rows[:, c.outliers] @ c.weight[c.outliers]
+                errors[c.label][0] += float(np.sum((approx - exact) ** 2))
+                errors[c.label][1] += float(np.sum(exact ** 2))
+        score = {label: num / max(den, 1e-30) for label, (num, den) in errors.items()}
+        return sorted(score, key=score.get, reverse=True)
+
+
+def _fake_quantize(rows: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """What DynamicQuantizeMatMul does to its input: uint8 with one scale and zero point for the whole tensor
+    (its range widened to include 0), then back to float."""
+    low, high = min(float(whole.min()), 0.0), max(float(whole.max()), 0.0)
+    scale = (high - low) / 255.0 or 1.0
+    zero = np.clip(np.rint(-low / scale), 0, 255)
+    return ((np.clip(np.rint(rows / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
+
+
+def _session(proto, weight_bytes: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if weight_bytes < (1 << 30):  # (proto.ByteSize() would cost as much as serializing)
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    import onnx  # over the 2 GB protobuf limit in memory: go through external data
+
+    with tempfile.TemporaryDirectory(prefix="modelkiln-guard-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(proto, path, save_as_external_data=True, location="model.onnx.data")
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------------------------------------- corpus
+
+
+def corpus_batches(artifact_dir: Path | None, task: str, input_names: list[str], manifest: dict | None = None,
+                   texts: Sequence[Any] | None = None, batch_size: int = GUARD_BATCH) -> list[_Batch]:
+    """The corpus through the artifact's tokenizer, length-sorted into padded batches of graph inputs."""
+    from modelkiln.runtime.tokenizer import PreTrainedTokenizer
+
+    if artifact_dir is None or not (Path(artifact_dir) / "tokenizer.json").is_file():
+        raise ModelkilnError("the int8 accuracy guard runs the model on text, so it needs the artifact's tokenizer "
+                             "(tokenizer.json); quantize an artifact exported with its tokenizer")
+    tok = PreTrainedTokenizer.from_pretrained(artifact_dir)
+    limits = [GUARD_MAX_LENGTH, ((manifest or {}).get("encoder") or {}).get("max_sequence_length"),
+              tok.model_max_length]
+    limit = min(n for n in limits if n)
+    if texts is None:
+        texts = QUESTION_CONTEXTS if task == "question-answering" else SENTENCES
+    if texts and isinstance(texts[0], tuple):
+        enc = tok([q for q, _ in texts], [c for _, c in texts], truncation="only_second", max_length=limit)
+    else:
+        enc = tok(list(texts), truncation=True, max_length=limit)
+    rows = list(enc.encodings)
+    mask_id = tok.mask_token_id if task == "fill-mask" else None
+    if task == "fill-mask" and mask_id is None:
+        raise ModelkilnError("a fill-mask artifact's tokenizer must define a mask token for the accuracy guard")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = [rows[i] for i in order[start:start + batch_size]]
+        width = max(len(r.ids) for r in chunk)
+        ids = np.full((len(chunk), width), pad, dtype=np.int64)  # [batch, width]
+        mask = np.zeros((len(chunk), width), dtype=np.int64)
+        types = np.zeros((len(chunk), width), dtype=np.int64)
+        focus = np.zeros((len(chunk), width), dtype=bool) if mask_id is not None else None
+        for row, r in enumerate(chunk):
+            n = len(r.ids)
+            ids[row, :n], mask[row, :n], types[row, :n] = r.ids, r.attention_mask, r.type_ids
+            if focus is not None:  # mask every 5th real token (not the specials at either end)
+                positions = np.arange(1, max(n - 1, 1), 5)
+                ids[row, positions] = mask_id
+                focus[row, positions] = True
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        batches.append(_Batch({k: v for k, v in feed.items() if k in input_names}, mask, focus,
+                              [texts[i] for i in order[start:start + batch_size]]))
+    return batches
