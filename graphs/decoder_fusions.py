@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from modelkiln.graphs.initializers import add_initializer as _const
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
 
@@ -94,13 +95,6 @@ def _as_bsd(graph: ir.Graph, x_bhsd: ir.Value, before: ir.Node, name: str) -> ir
     r = ir.Node("", "Reshape", [t.outputs[0], shape], name=f"{name}_bsd")
     graph.insert_before(before, [t, r])
     return r.outputs[0]
-
-
-def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
-    graph.register_initializer(value)
-    return value
 
 
 def _scale_of(scores: ir.Node) -> float | None:

@@ -37,6 +37,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
+from modelkiln.graphs.initializers import add_initializer as _new_initializer
+from modelkiln.graphs.initializers import unique_initializer_name as _unique
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
 
@@ -138,24 +140,6 @@ def _rename_initializer(graph: ir.Graph, value: ir.Value, name: str) -> None:
     graph.initializers.pop(value.name)
     value.name = name
     graph.register_initializer(value)
-
-
-def _unique(graph: ir.Graph, name: str) -> str:
-    taken = set(graph.initializers)
-    if name not in taken:
-        return name
-    i = 1
-    while f"{name}.{i}" in taken:
-        i += 1
-    return f"{name}.{i}"
-
-
-def _new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    name = _unique(graph, name)
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-    graph.register_initializer(value)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- residual + norm

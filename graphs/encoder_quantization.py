@@ -45,6 +45,7 @@ import onnx_ir as ir
 
 from modelkiln.graphs.encoder_accuracy import EMBEDDING_TASKS, Agreement, agreement
 from modelkiln.graphs.encoder_corpus import QUESTION_CONTEXTS, SENTENCES
+from modelkiln.graphs.initializers import add_initializer as _initializer
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
 
@@ -284,16 +285,6 @@ def _bias_after(out: ir.Value) -> tuple[ir.Node | None, ir.Value | None]:
     if bias is None or not bias.is_initializer() or bias.const_value is None or len(bias.shape) != 1:
         return None, None
     return after, bias
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    base, i = name, 1
-    while name in graph.initializers:
-        name, i = f"{base}.{i}", i + 1
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-    graph.register_initializer(value)
-    return value
 
 
 def _replace(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from modelkiln.graphs.initializers import add_initializer
 from modelkiln.graphs.passes import register_pass
 
 
@@ -43,16 +44,10 @@ def merge_parallel_matmuls(model: ir.Model) -> dict[str, Any]:
             continue
         first = nodes[0]
         concat = np.ascontiguousarray(np.concatenate(weights, axis=1))
-        name = f"{first.name}_merged_weight"
-        value = ir.Value(name=name, const_value=ir.tensor(concat, name=name), shape=ir.Shape(concat.shape),
-                         type=ir.TensorType(ir.DataType.from_numpy(concat.dtype)))
-        graph.register_initializer(value)
+        value = add_initializer(graph, f"{first.name}_merged_weight", concat)
         matmul = ir.Node("", "MatMul", [activations[key], value], name=f"{first.name}_merged")
-        sizes_name = f"{first.name}_merged_split"
-        sizes = np.array([w.shape[1] for w in weights], np.int64)
-        sizes_value = ir.Value(name=sizes_name, const_value=ir.tensor(sizes, name=sizes_name),
-                               shape=ir.Shape(sizes.shape), type=ir.TensorType(ir.DataType.INT64))
-        graph.register_initializer(sizes_value)
+        sizes_value = add_initializer(graph, f"{first.name}_merged_split",
+                                      np.array([w.shape[1] for w in weights], np.int64))
         split = ir.Node("", "Split", [matmul.outputs[0], sizes_value], [ir.AttrInt64("axis", -1)],
                         num_outputs=len(nodes), name=f"{first.name}_merged_split")
         graph.insert_before(first, [matmul, split])

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from modelkiln.graphs.initializers import add_initializer as _initializer
+from modelkiln.graphs.initializers import shared_initializer as _shared
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
 
@@ -58,13 +60,6 @@ def _quantizer(bits: int, block_size: int, symmetric: bool):
                                                                    bits=bits))
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name),
-                     shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
-    graph.register_initializer(value)
-    return value
-
-
 def _minmax_blocks(weight_nk: np.ndarray, bits: int, block_size: int):
     """Per block of `block_size` along K: q = round((w - min) / scale), scale = (max - min) / (2^bits - 1).
     Returns packed [N, blocks, block_size * bits / 8] uint8 (two 4-bit values per byte, low nibble first — the
@@ -79,17 +74,10 @@ def _minmax_blocks(weight_nk: np.ndarray, bits: int, block_size: int):
     return np.ascontiguousarray(packed), scales, low.astype(np.float32)
 
 
-def _shared(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    return graph.initializers[name] if name in graph.initializers else _initializer(graph, name, array)
-
-
 def _block_indicator(graph: ir.Graph, k: int, block_size: int) -> ir.Value:
     """[K, K / block_size] with ones where row k belongs to block b: one shared initializer per shape."""
-    name = f"block_indicator_{k}x{block_size}"
-    if name in graph.initializers:
-        return graph.initializers[name]
     indicator = np.kron(np.eye(k // block_size, dtype=np.float32), np.ones((block_size, 1), np.float32))
-    return _initializer(graph, name, indicator)
+    return _shared(graph, f"block_indicator_{k}x{block_size}", indicator)
 
 
 class _Packed:
