@@ -120,16 +120,22 @@ def _write_artifact(output: Path, options: ExportOptions, progress: Progress, lo
             manifest = write_manifest(tmp, manifest_for(files, tokenizer_files))
         progress.info(f"  {_size_mb(manifest)} MB in {len(manifest['files'])} files")
         if options.validate:
-            from modelkiln.validate import validate
-
-            with progress.step("validating against eager PyTorch"):
-                report = validate(tmp, loaded, quiet=True)
-                report.write(json=tmp / "parity.json", markdown=tmp / "parity.md")
-            for line in report.lines(verbose=False):
-                progress.info(line)
-            if not report.passed:
-                progress.info(f"parity FAILED; the artifact and its report are in {output}")
+            validate_staged(tmp, loaded, progress, output)
     return output
+
+
+def validate_staged(folder: Path, reference, progress: Progress, output: Path) -> None:
+    """Validate the staged artifact in `folder` against `reference` (a SOURCE or LoadedModel) and store its
+    parity.json/parity.md there; a failure is reported, and the artifact is still written to `output`."""
+    from modelkiln.validate import validate
+
+    with progress.step("validating against eager PyTorch"):
+        report = validate(folder, reference, quiet=True)
+        report.write(json=folder / "parity.json", markdown=folder / "parity.md")
+    for line in report.lines(verbose=False):
+        progress.info(line)
+    if not report.passed:
+        progress.info(f"parity FAILED; the artifact and its report are in {output}")
 
 
 def _infer_task(src, options: ExportOptions) -> str:

@@ -46,6 +46,10 @@ def transform(artifact: str | Path, output: str | Path, passes: list[tuple[str, 
     if output.resolve() == art.root.resolve():
         raise ModelkilnError("OUTPUT is the input artifact; write the transformed artifact to a new directory")
     check_output(output, force)
+    if validate:
+        reference = reference or art.manifest.get("source", {}).get("id")
+        if not reference:  # before the passes run, not after
+            raise ModelkilnError("--validate needs --reference SOURCE: the manifest does not name a loadable source")
     if not passes:
         raise ModelkilnError("nothing to do: name at least one pass (see `modelkiln optimize --help`)")
     config_file = art.file("config.json")
@@ -75,22 +79,10 @@ def transform(artifact: str | Path, output: str | Path, passes: list[tuple[str, 
                                            "passes": graph_entry.get("passes", []) + records, **io_signature(model)}
             write_manifest(tmp, manifest)
         if validate:
-            _validate_staged(tmp, reference or art.manifest.get("source", {}).get("id"), progress, output)
+            from modelkiln.exporter.api import validate_staged
+
+            validate_staged(tmp, reference, progress, output)
     return output
-
-
-def _validate_staged(folder: Path, reference: str | None, progress: Progress, output: Path) -> None:
-    from modelkiln.validate import validate as run_validate
-
-    if not reference:
-        raise ModelkilnError("--validate needs --reference SOURCE: the manifest does not name a loadable source")
-    with progress.step(f"validating against eager PyTorch ({reference})"):
-        report = run_validate(Artifact.load(folder), reference, quiet=True)
-        report.write(json=folder / "parity.json", markdown=folder / "parity.md")
-    for line in report.lines(verbose=False):
-        progress.info(line)
-    if not report.passed:
-        progress.info(f"parity FAILED; the artifact and its report are in {output}")
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -154,8 +146,10 @@ def export_transformed(source: str, output: str | Path, options, optimize: str |
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.float-", dir=output.parent))
     try:
-        art = export(source, scratch / "artifact", dataclasses.replace(options, validate=False, force=False))
-        manifest = Artifact.load(art, verify="size").manifest
+        # just written by us: sizes are enough, and `transform` gets the loaded artifact (no second sha256 pass)
+        art = Artifact.load(export(source, scratch / "artifact", dataclasses.replace(options, validate=False,
+                                                                                     force=False)), verify="size")
+        manifest = art.manifest
         if weights:
             passes = plan_quantize(manifest, weights, block_size=block_size, accuracy_level=accuracy_level,
                                    scheme=scheme, exclude=exclude, optimize=optimize or "all")

@@ -19,6 +19,7 @@ MatMul`; `lm_head` and `embed_tokens` name the tied pair) keep weights in float.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -41,6 +42,7 @@ def _constant(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+@functools.lru_cache(maxsize=8)
 def _quantizer(bits: int, block_size: int, symmetric: bool):
     import logging
 
@@ -211,21 +213,20 @@ def quantize_matmul_nbits(model: ir.Model, *, bits: int = 4, block_size: int = 3
         return any(p.search(n) for p in patterns for n in names if n)
 
     graph = model.graph
-    targets = [n for n in graph if n.op_type == "MatMul" and (w := _constant(n.inputs[1])) is not None
-               and w.ndim == 2 and w.dtype == np.float32]
+    targets = [(n, w) for n in graph if n.op_type == "MatMul" and (w := _constant(n.inputs[1])) is not None
+               and w.ndim == 2 and w.dtype == np.float32]  # each weight read once
     tied = [] if tied_embedding == "keep" else _tied_pairs(graph)
     if not targets and not tied:
         raise ModelkilnError("this graph has no float32 MatMul weights to quantize (int4/int8 weight "
                              "quantization needs MatMul layers with constant weights; fp16 graphs are not supported)")
-    hidden = {_constant(n.inputs[1]).shape[0] for n in targets} | {_constant(t).shape[1] for _, _, t in tied}
+    hidden = {w.shape[0] for _, w in targets} | {table.shape[1] for _, _, table in tied}
     bad = sorted(k for k in hidden if k % block_size)
     if bad:
         raise ModelkilnError(f"--block-size {block_size} does not divide the weights' input size {bad[0]}; pick a "
                              f"block size that divides {bad[0]}")
     before = after = 0
     quantized, kept = [], []
-    for node in targets:
-        weight = _constant(node.inputs[1])
+    for node, weight in targets:
         if excluded(node.name, node.inputs[1].name):
             kept.append(node.name)
             continue

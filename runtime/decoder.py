@@ -58,7 +58,6 @@ class KVBuffers:
 
     def __init__(self, lm: DecoderLM, values: list[ort.OrtValue]):
         self.values = values
-        self.capacity = values[0].shape()[2]
         self.binding = lm.session.io_binding()
         self.binding.bind_output("logits")  # first: outputs come back in binding order
         for name, out, value in zip(lm.past_names, lm.output_names[1:], values):

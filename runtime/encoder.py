@@ -147,10 +147,14 @@ class EncoderPipeline(abc.ABC):
     """
 
     task = ""
+    needs_labels = False  # classification heads: refuse an artifact without id2label at load
 
     def __init__(self, artifact: Artifact, providers: list[str] | None = None, batch_size: int | None = None,
                  intra_op_threads: int | None = None, **defaults: Any):
         self.model = EncoderModel(artifact, providers, intra_op_threads)
+        if self.needs_labels and not self.model.labels:
+            raise ModelkilnError(f"artifact {artifact.root} has no labels (id2label) in its manifest; re-export it "
+                                 f"with --task {self.task}")
         self.tokenizer = self.model.tokenizer
         self.batch_size = batch_size
         self._defaults = defaults
@@ -171,6 +175,16 @@ class EncoderPipeline(abc.ABC):
             return self._parameters(**{**self._defaults, **kwargs}), batch_size
         except TypeError as e:
             raise ModelkilnError(f"{self.task} pipeline: {e}") from None
+
+
+def text_batch(inputs: Any, empty_hint: str) -> tuple[list, bool]:
+    """(texts, batched) for a pipeline call taking a string or a list of strings; checks each text."""
+    batched = isinstance(inputs, list)
+    texts = inputs if batched else [inputs]
+    if not texts:
+        raise ModelkilnError(f"no inputs: {empty_hint}")
+    check_texts(texts, "text")
+    return texts, batched
 
 
 def check_texts(texts: list, what: str = "input") -> None:

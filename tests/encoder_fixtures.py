@@ -48,8 +48,17 @@ CORPUS = [
 ] * 30
 
 
+def _cls_sep_template(tok, cls: str, sep: str, pair_sep: int):
+    """BERT-style `[CLS] A [SEP] (B [SEP])`, with a doubled separator between pairs when pair_sep == 2."""
+    from tokenizers import processors
+
+    pair = f"{cls} $A:0 {sep}:0 " + (f"{sep}:1 " if pair_sep == 2 else "") + f"$B:1 {sep}:1"
+    return processors.TemplateProcessing(single=f"{cls} $A:0 {sep}:0", pair=pair,
+                                         special_tokens=[(t, tok.token_to_id(t)) for t in (cls, sep)])
+
+
 def _wordpiece(lowercase: bool, cls: str, sep: str, mask: str, pad: str, unk: str, pair_sep: int):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token=unk))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None, clean_text=True,
@@ -59,10 +68,7 @@ def _wordpiece(lowercase: bool, cls: str, sep: str, mask: str, pad: str, unk: st
     specials = [pad, unk, cls, sep, mask]
     tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials,
                                                               show_progress=False))
-    ids = {t: tok.token_to_id(t) for t in (cls, sep)}
-    pair = f"{cls} $A:0 {sep}:0 " + (f"{sep}:1 " if pair_sep == 2 else "") + f"$B:1 {sep}:1"
-    tok.post_processor = processors.TemplateProcessing(single=f"{cls} $A:0 {sep}:0", pair=pair,
-                                                       special_tokens=list(ids.items()))
+    tok.post_processor = _cls_sep_template(tok, cls, sep, pair_sep)
     return tok, specials
 
 
@@ -82,7 +88,7 @@ def _bytelevel_bpe():
 
 
 def _unigram(lowercase: bool, cls: str, sep: str, mask: str, pad: str, unk: str, pair_sep: int):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.Unigram())
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
@@ -92,10 +98,7 @@ def _unigram(lowercase: bool, cls: str, sep: str, mask: str, pad: str, unk: str,
     specials = [pad, unk, cls, sep, mask]
     tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token=unk,
                                                             show_progress=False))
-    ids = {t: tok.token_to_id(t) for t in (cls, sep)}
-    pair = f"{cls} $A:0 {sep}:0 " + (f"{sep}:1 " if pair_sep == 2 else "") + f"$B:1 {sep}:1"
-    tok.post_processor = processors.TemplateProcessing(single=f"{cls} $A:0 {sep}:0", pair=pair,
-                                                       special_tokens=list(ids.items()))
+    tok.post_processor = _cls_sep_template(tok, cls, sep, pair_sep)
     return tok, specials
 
 

@@ -64,7 +64,8 @@ def compiled_logits(lm, ids: np.ndarray, decode_steps: int) -> np.ndarray:
 
 
 def run_accuracy_case(ctx, case: AccuracyCase):
-    """`ctx` is validate.runner.CaseContext. Returns the metric comparisons."""
+    """`ctx` is validate.runner.CaseContext. Returns (outputs, tokens, metrics) like every case runner: only
+    metric comparisons here."""
     if ctx.tokenizer is None:
         raise ValueError("the accuracy check needs the checkpoint's tokenizer")
     ids = np.array(ctx.tokenizer(case.text, add_special_tokens=False)["input_ids"], np.int64)
@@ -78,7 +79,7 @@ def run_accuracy_case(ctx, case: AccuracyCase):
     ppl_eager, ppl_ours = perplexity(eager, targets), perplexity(ours, targets)
     ratio = ppl_ours / ppl_eager
     positions = f"{len(targets)} positions"
-    return [
+    return [], [], [
         MetricComparison("top-1 agreement with eager fp32", agreement, ">=", case.min_top1, positions),
         MetricComparison("perplexity ratio (artifact / eager)", ratio, "<=", case.max_perplexity_ratio,
                          f"{ppl_ours:.3f} vs {ppl_eager:.3f}"),

@@ -67,7 +67,7 @@ def run_forward_case(ctx: CaseContext, case: ForwardCase):
     compiled = ctx.compiled.forward(*args, [c.astype(ctx.compiled.kv.dtype) for c in cache_eager])
     eager = ctx.eager.forward(*args, cache_eager)
     names = ctx.compiled.output_names[1:]
-    return compare_step(ctx, names, compiled, eager, mask, case.seq), []
+    return compare_step(ctx, names, compiled, eager, mask, case.seq), [], []
 
 
 def _encode_prompts(ctx: CaseContext, texts, chat: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +91,7 @@ def run_prompt_case(ctx: CaseContext, case: PromptCase):
     batch = ids.shape[0]
     compiled = ctx.compiled.forward(ids, mask, positions, ctx.compiled.empty_cache(batch))
     eager = ctx.eager.forward(ids, mask, positions, ctx.eager.empty_cache(batch))
-    return compare_step(ctx, ctx.compiled.output_names[1:], compiled, eager, mask, ids.shape[1]), []
+    return compare_step(ctx, ctx.compiled.output_names[1:], compiled, eager, mask, ids.shape[1]), [], []
 
 
 def run_generation_case(ctx: CaseContext, case: GenerationCase):
@@ -102,15 +102,11 @@ def run_generation_case(ctx: CaseContext, case: GenerationCase):
     expected = ctx.eager.generate_greedy(ids, mask, case.new_tokens, ctx.eos, ctx.pad)
     actual = generate_greedy(ctx.compiled, ids, mask, case.new_tokens, ctx.eos, min_new_tokens=case.new_tokens,
                              pad_token_id=ctx.pad)
-    return [], [compare_tokens("greedy tokens", actual[0], expected[0])]
-
-
-def _run_accuracy(ctx: CaseContext, case: AccuracyCase):
-    return [], [], run_accuracy_case(ctx, case)
+    return [], [compare_tokens("greedy tokens", actual[0], expected[0])], []
 
 
 _RUNNERS = {ForwardCase: run_forward_case, PromptCase: run_prompt_case, GenerationCase: run_generation_case,
-            AccuracyCase: _run_accuracy}
+            AccuracyCase: run_accuracy_case}
 _KINDS = {PromptCase: "prompt", GenerationCase: "generation", AccuracyCase: "accuracy"}
 
 
@@ -120,7 +116,7 @@ def run_case(ctx: CaseContext, case, debug: bool = False) -> CaseResult:
               if k != "kind" and not (isinstance(v, str) and len(v) > 200)}  # not the held-out text
     start = time.perf_counter()
     try:
-        outputs, tokens, *metrics = _RUNNERS[type(case)](ctx, case)
+        outputs, tokens, metrics = _RUNNERS[type(case)](ctx, case)  # each runner: the three comparison lists
     except Exception as e:  # a crashing case is a reported failure, not an aborted validation
         if debug:
             traceback.print_exc()
@@ -128,4 +124,4 @@ def run_case(ctx: CaseContext, case, debug: bool = False) -> CaseResult:
         return CaseResult(case.name, kind, params, duration_s=time.perf_counter() - start,
                           error=f"{type(e).__name__}: {first}"[:500])
     return CaseResult(case.name, kind, params, outputs, tokens, duration_s=time.perf_counter() - start,
-                      metrics=metrics[0] if metrics else [])
+                      metrics=metrics)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelkiln.runtime.encoder import EncoderPipeline, check_texts
+from modelkiln.runtime.encoder import EncoderPipeline, check_texts, text_batch
 from modelkiln.runtime.errors import ModelkilnError
 
 
@@ -36,11 +36,7 @@ class FeatureExtractionPipeline(EncoderPipeline):
 
     def __call__(self, inputs, **kwargs):
         params, batch_size = self._merged(dict(kwargs))
-        batched = isinstance(inputs, list)
-        texts = inputs if batched else [inputs]
-        if not texts:
-            raise ModelkilnError("no inputs: pass a string or a list of strings")
-        check_texts(texts, "text")
+        texts, batched = text_batch(inputs, "pass a string or a list of strings")
         enc = self.model.encode(texts, **params["tokenize_kwargs"])
         rows = self.model.run(self.model.features(enc), batch_size)
         first = self.model.output_names[0]  # transformers returns output [0]: last_hidden_state (or logits)

@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from modelkiln.runtime.encoder import EncoderPipeline, check_texts, softmax
+from modelkiln.runtime.encoder import EncoderPipeline, softmax, text_batch
 from modelkiln.runtime.errors import ModelkilnError
 
 logger = logging.getLogger(__name__)
@@ -64,11 +64,7 @@ class FillMaskPipeline(EncoderPipeline):
 
     def __call__(self, inputs, **kwargs):
         params, batch_size = self._merged(dict(kwargs))
-        batched = isinstance(inputs, list)
-        texts = inputs if batched else [inputs]
-        if not texts:
-            raise ModelkilnError("no inputs: pass a string with a mask token, or a list of them")
-        check_texts(texts, "text")
+        texts, batched = text_batch(inputs, "pass a string with a mask token, or a list of them")
         enc = self.model.encode(texts, **params["tokenizer_kwargs"])
         mask_id = self.tokenizer.mask_token_id
         for i, e in enumerate(enc.encodings):

@@ -28,11 +28,7 @@ _UNSET = ""  # transformers' sentinel: top_k=None means "all labels", so "not gi
 class TextClassificationPipeline(EncoderPipeline):
     task = "text-classification"
 
-    def __init__(self, artifact, **kwargs):
-        super().__init__(artifact, **kwargs)
-        if not self.model.labels:
-            raise ModelkilnError(f"artifact {artifact.root} has no labels (id2label) in its manifest; re-export it "
-                                 "with --task text-classification")
+    needs_labels = True
 
     def _parameters(self, top_k: Any = _UNSET, function_to_apply: str | None = None, **tokenizer_kwargs):
         if top_k is not _UNSET and top_k is not None and (not isinstance(top_k, int) or top_k < 1):

@@ -30,11 +30,7 @@ _WORD_STRATEGIES = ("first", "average", "max")
 class TokenClassificationPipeline(EncoderPipeline):
     task = "token-classification"
 
-    def __init__(self, artifact, **kwargs):
-        super().__init__(artifact, **kwargs)
-        if not self.model.labels:
-            raise ModelkilnError(f"artifact {artifact.root} has no labels (id2label) in its manifest; re-export it "
-                                 "with --task token-classification")
+    needs_labels = True
 
     def _parameters(self, aggregation_strategy: str | None = None, ignore_labels: list[str] | None = None,
                     stride: int | None = None, is_split_into_words: bool = False, delimiter: str | None = None):
