@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -196,6 +197,14 @@ def _size_mb(manifest: dict[str, Any]) -> str:
     return f"{sum(f['size'] for f in manifest['files'].values()) / 1e6:.1f}"
 
 
+def _compact_json(path: Path) -> None:
+    """Rewrite a pretty-printed JSON file without indentation: the same document at less than half the bytes
+    (SmolLM2's tokenizer.json: 3.5 → 1.6 MB)."""
+    if path.is_file():
+        text = json.dumps(json.loads(path.read_text(encoding="utf-8")), ensure_ascii=False, separators=(",", ":"))
+        path.write_text(text, encoding="utf-8")
+
+
 def _save_sidecar_files(loaded: LoadedModel, folder: Path) -> list[str]:
     """Write config.json, generation_config.json and the tokenizer files; return the tokenizer files."""
     config = copy.deepcopy(loaded.config)
@@ -214,6 +223,7 @@ def _save_sidecar_files(loaded: LoadedModel, folder: Path) -> list[str]:
         for leftover in staging.iterdir():
             leftover.unlink()
         staging.rmdir()
+        _compact_json(folder / "tokenizer.json")
     return [name for name in _TOKENIZER_FILES if (folder / name).is_file()]
 
 

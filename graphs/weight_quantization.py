@@ -28,6 +28,7 @@ import onnx_ir as ir
 
 from modelkiln.graphs.initializers import add_initializer as _initializer
 from modelkiln.graphs.initializers import shared_initializer as _shared
+from modelkiln.graphs.initializers import unique_initializer_name
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
 
@@ -76,43 +77,94 @@ def _minmax_blocks(weight_nk: np.ndarray, bits: int, block_size: int):
     return np.ascontiguousarray(packed), scales, low.astype(np.float32)
 
 
+def _absmax_blocks(weight_nk: np.ndarray, bits: int, block_size: int):
+    """Per block: scale = max|w| / (2^(bits-1) - 1), q = round(w / scale) + 2^(bits-1) (MatMulNBits' and
+    GatherBlockQuantized's implicit zero point). Returns packed [N, blocks, block_size * bits / 8] uint8 and
+    scales [N, blocks] float32."""
+    n, k = weight_nk.shape
+    top = (1 << (bits - 1)) - 1
+    blocks = weight_nk.reshape(n, k // block_size, block_size).astype(np.float32)
+    peak = np.abs(blocks).max(axis=-1)
+    scales = np.where(peak > 0, peak / top, 1.0).astype(np.float32)
+    q = (np.clip(np.rint(blocks / scales[..., None]), -top, top) + (top + 1)).astype(np.uint8)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else q
+    return np.ascontiguousarray(packed), scales
+
+
 def _block_indicator(graph: ir.Graph, k: int, block_size: int) -> ir.Value:
     """[K, K / block_size] with ones where row k belongs to block b: one shared initializer per shape."""
     indicator = np.kron(np.eye(k // block_size, dtype=np.float32), np.ones((block_size, 1), np.float32))
     return _shared(graph, f"block_indicator_{k}x{block_size}", indicator)
 
 
+_FP16_TINY, _FP16_MAX = 2.0 ** -14, 65504.0  # smallest normal and largest finite float16
+
+
+def _load_time_float(graph: ir.Graph, name: str, array: np.ndarray, relative: bool) -> ir.Value:
+    """`array` as a float32 value, stored as float16 when that loses nothing that matters: a Cast that onnxruntime
+    folds into a float32 initializer at load (constant folding runs before kernels pre-pack their weights), so
+    the file is half the size and the kernels see float32. `relative`: the values multiply (scales: each must
+    be a normal float16, keeping 11 significant bits); otherwise they add (offsets: only range matters).
+    Stays float32 when out of range."""
+    finite = np.abs(array[np.isfinite(array)])
+    fits = finite.size == array.size and (finite.max(initial=0.0) <= _FP16_MAX)
+    if relative:
+        fits = fits and not np.any((finite > 0) & (finite < _FP16_TINY))
+    if not fits:
+        return _initializer(graph, name, array.astype(np.float32))
+    half = _initializer(graph, f"{name}_fp16", array.astype(np.float16))
+    cast = ir.Node("", "Cast", [half], [ir.AttrInt64("to", ir.DataType.FLOAT)], name=f"{name}_to_float")
+    cast.outputs[0].name = unique_initializer_name(graph, name)
+    graph.append(cast)  # ordered before its users by the pass's final topological sort
+    return cast.outputs[0]
+
+
 class _Packed:
     """One quantized weight ([K, N] for x @ W): initializers for MatMulNBits, which GatherBlockQuantized can
     read too. `scheme`:
-    - "minmax" (default): each block's own min and max, scale = (max - min) / 15 and a float offset (the min) per
-      block. MatMulNBits only takes integer zero points on its fast path, so the offsets are applied outside it:
-      x @ W = MatMulNBits(x, q, scale, zero point 0) + blocksum(x) @ offsets — a [.., blocks] × [blocks, N] product,
-      1/32 of the work. A block that already sits on a 4-bit min/max grid (GGUF Q4_1 checkpoints: llama.cpp
-      stores exactly min + scale·q) is reproduced exactly instead of being re-rounded;
+    - "minmax" (default): each block's own min and max, scale = (max - min) / (2^bits - 1) and a float offset
+      per block. MatMulNBits only takes integer zero points on its fast path, so the offsets are applied outside
+      it: x @ W = MatMulNBits(x, q, scale) + blocksum(x) @ offsets — a [.., blocks] × [blocks, N] product, 1/32
+      of the work. MatMulNBits' implicit zero point (2^(bits-1)) is folded into the offsets (min + 8·scale,
+      computed at load), so no zero points are stored. A block that already sits on a 4-bit min/max grid (GGUF
+      Q4_1 checkpoints: llama.cpp stores exactly min + scale·q, scale and min in float16) is reproduced exactly
+      instead of being re-rounded;
+    - "absmax": symmetric, scale = max|w| / (2^(bits-1) - 1), no offsets, implicit zero point: exact on GGUF
+      Q8_0 (llama.cpp's int8 format, scale = max|w| / 127), used for minmax's int8 tied table;
     - "symmetric" / "asymmetric": onnxruntime's round-to-nearest (`DefaultWeightOnlyQuantizer`), integer zero
       points (8 when symmetric).
+    Scales and offsets are stored as float16 where they fit (`_load_time_float`): GGUF's own precision.
     """
 
     def __init__(self, graph: ir.Graph, name: str, weight_kn: np.ndarray, bits: int, block_size: int, scheme: str):
         weight_nk = np.ascontiguousarray(weight_kn.T, np.float32)
         self.k, self.n = weight_kn.shape
-        self.offsets = None
+        self.offsets = zero_points = None
+        existing = set(graph.initializers)
         if scheme == "minmax":
             packed, scales, offsets = _minmax_blocks(weight_nk, bits, block_size)
-            blocks = offsets.shape[1]
-            zero_points = np.zeros((self.n, (blocks + 1) // 2 if bits == 4 else blocks), np.uint8)
-            self.offsets = _initializer(graph, f"{name}_offsets", np.ascontiguousarray(offsets.T))  # [blocks, N]
-            extra = offsets.nbytes
+            self.scales = _load_time_float(graph, f"{name}_scales", scales, relative=True)
+            # offsets [blocks, N] = min + 2^(bits-1) · scale, in float32 at load (exact for float16 min and scale)
+            minima = _load_time_float(graph, f"{name}_minima", np.ascontiguousarray(offsets.T), relative=False)
+            shifted = [ir.Node("", "Transpose", [self.scales], [ir.AttrInt64s("perm", [1, 0])],
+                               name=f"{name}_scales_bn")]
+            shifted.append(ir.Node("", "Mul", [shifted[0].outputs[0], _shared(
+                graph, f"zero_point_{bits}bit", np.array(1 << (bits - 1), np.float32))], name=f"{name}_zero_shift"))
+            shifted.append(ir.Node("", "Add", [minima, shifted[1].outputs[0]], name=f"{name}_offsets"))
+            graph.extend(shifted)
+            self.offsets = shifted[-1].outputs[0]
+            self.offsets.name = unique_initializer_name(graph, f"{name}_offsets")
+        elif scheme == "absmax":
+            packed, scales = _absmax_blocks(weight_nk, bits, block_size)
+            self.scales = _load_time_float(graph, f"{name}_scales", scales, relative=True)
         else:
             quantizer = _quantizer(bits, block_size, scheme == "symmetric")
             packed, scales, zero_points = quantizer.qbits_block_quant(np.ascontiguousarray(weight_kn, np.float32))
             zero_points = None if scheme == "symmetric" else zero_points
-            extra = 0
+            self.scales = _initializer(graph, f"{name}_scales", scales.astype(np.float32))
         self.packed = _initializer(graph, f"{name}_q", packed)
-        self.scales = _initializer(graph, f"{name}_scales", scales.astype(np.float32))
         self.zero_points = None if zero_points is None else _initializer(graph, f"{name}_zero_points", zero_points)
-        self.bytes = packed.nbytes + scales.nbytes + extra + (0 if zero_points is None else zero_points.nbytes)
+        self.bytes = sum(graph.initializers[n].const_value.nbytes for n in set(graph.initializers) - existing)
 
     def matmul(self, graph: ir.Graph, x: ir.Value, bits: int, block_size: int, accuracy_level: int, name: str,
                before: ir.Node) -> ir.Value:
@@ -236,13 +288,14 @@ def quantize_matmul_nbits(model: ir.Model, *, bits: int = 4, block_size: int = 3
         _replace(graph, node, result)
         before, after = before + weight.nbytes, after + packed.bytes
         quantized.append(node.name)
+    table_bits = max(tied_bits, bits)
+    table_scheme = "absmax" if scheme == "minmax" and table_bits == 8 else scheme  # exact on GGUF Q8_0 tables
     for gather, gemm, table in tied:
         if excluded(gather.name, gemm.name, table.name, "lm_head", "embed_tokens"):
             kept.append(f"{gather.name} + {gemm.name}")
             continue
         weight = _constant(table)  # [vocab, hidden]: the head's weight, transposed
-        table_bits = max(tied_bits, bits)
-        packed = _Packed(graph, table.name, weight.T, table_bits, block_size, scheme)
+        packed = _Packed(graph, table.name, weight.T, table_bits, block_size, table_scheme)
         _replace(graph, gemm, packed.matmul(graph, gemm.inputs[0], table_bits, block_size, accuracy_level,
                                             f"{gemm.name}_Q{table_bits}", before=gemm))
         _replace(graph, gather, packed.gather(graph, gather.inputs[1], table_bits, block_size,
@@ -251,6 +304,7 @@ def quantize_matmul_nbits(model: ir.Model, *, bits: int = 4, block_size: int = 3
         quantized.append(f"{gather.name} + {gemm.name} (tied, stored once)")
     if not quantized:
         raise ModelkilnError("--exclude keeps every weight in float: nothing left to quantize")
+    rotary = _rotary_tables_as_float16(graph)
     if MS not in model.opset_imports:
         model.opset_imports[MS] = 1
     from onnx_ir.passes import common as ir_common
@@ -259,11 +313,33 @@ def quantize_matmul_nbits(model: ir.Model, *, bits: int = 4, block_size: int = 3
     ir_common.TopologicalSortPass()(model)
     _drop_unused_initializers(graph)
     settings = {"weights": f"int{bits}", "scheme": scheme, "block_size": block_size,
-                "accuracy_level": accuracy_level, "tied_bits": max(tied_bits, bits) if tied else None,
+                "accuracy_level": accuracy_level, "tied_bits": table_bits if tied else None,
+                "tied_scheme": table_scheme if tied else None, "rotary_tables": rotary,
                 "kept_float": kept}
     context.manifest_updates["quantization"] = settings
     return {"quantized": len(quantized), "kept_float": len(kept), "weight_mb_before": round(before / 2**20, 1),
             "weight_mb_after": round(after / 2**20, 1), "kept": kept}
+
+
+def _rotary_tables_as_float16(graph: ir.Graph) -> str | None:
+    """GroupQueryAttention's cos/sin caches (inputs 7 and 8, [max positions, head_dim / 2], 2 MB on SmolLM2) stored
+    as float16 and cast at load: values in [-1, 1] keep 11 significant bits, far below the int4 weights' error.
+    Returns "float16" when any was converted."""
+    converted = None
+    for node in graph:
+        if node.op_type != "GroupQueryAttention" or len(node.inputs) < 9:
+            continue
+        for index in (7, 8):
+            table = node.inputs[index]
+            array = _constant(table) if table is not None and table.is_initializer() else None
+            if array is None or array.dtype != np.float32:
+                continue
+            users = list(table.uses())
+            half = _load_time_float(graph, table.name, array, relative=False)
+            for user, slot in users:
+                user.replace_input_with(slot, half)
+            converted = "float16"
+    return converted
 
 
 def _replace(graph: ir.Graph, old: ir.Node, new: ir.Value) -> None:
