@@ -96,6 +96,15 @@ def _quantize_options(default_weights: str | None):
     return add
 
 
+def _precision_option(f):
+    """`--precision`, shared by `optimize` and `export`."""
+    return click.option(
+        "--precision", type=click.Choice(["fp16", "bf16"]), default=None,
+        help="Convert the fp32 graph (after any fusions): weights and compute in fp16/bf16, float32 inputs and "
+             "outputs, the KV cache in the new precision; normalizations, softmax, RMSNorm statistics and "
+             "rotary/position arithmetic stay fp32. bf16 needs a GPU provider (no CPU kernels).")(f)
+
+
 @cli.command()
 @click.argument("source")
 @click.argument("output", type=click.Path(path_type=Path))
@@ -103,7 +112,10 @@ def _quantize_options(default_weights: str | None):
               help="What the artifact does: text-generation, feature-extraction, sentence-similarity, "
                    "text-classification (alias sentiment-analysis), token-classification (alias ner), "
                    "question-answering, fill-mask, or auto (from the checkpoint's architectures).")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Precision torch TRACES the model in: an fp16/bf16 graph takes and returns fp16/bf16 tensors "
+                   "and computes everything in it. To convert an fp32 graph instead (float32 I/O, sensitive ops "
+                   "in fp32), use --precision.")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--validate", "run_validate", is_flag=True, help="Validate against eager PyTorch, store parity.*")
@@ -113,19 +125,20 @@ def _quantize_options(default_weights: str | None):
 @click.option("--optimize", "optimize_level", type=click.Choice(["basic", "all"]), default=None,
               help="Also fuse the graph (as `modelkiln optimize`).")
 @_quantize_options(default_weights=None)
+@_precision_option
 def export(source, output, task, dtype, opset, force, run_validate, trust_remote_code, revision, quiet,
-           optimize_level, weights, block_size, accuracy_level, scheme, exclude):
+           optimize_level, weights, block_size, accuracy_level, scheme, exclude, precision):
     """Export SOURCE (checkpoint dir, .gguf file or Hub id) to the artifact directory OUTPUT."""
     from modelkiln.exporter.api import ExportOptions
     from modelkiln.exporter.api import export as do_export
 
     options = ExportOptions(task=task, dtype=dtype, opset=opset, force=force, validate=run_validate, quiet=quiet,
                             trust_remote_code=trust_remote_code, revision=revision)
-    if optimize_level or weights:
+    if optimize_level or weights or precision:
         from modelkiln.exporter.transform import export_transformed
 
         out = export_transformed(source, output, options, optimize_level, weights=weights, block_size=block_size,
-                                 accuracy_level=accuracy_level, scheme=scheme, exclude=exclude)
+                                 accuracy_level=accuracy_level, scheme=scheme, exclude=exclude, precision=precision)
     else:
         out = do_export(source, output, options)
     _exit_on_parity(out, run_validate, quiet)
@@ -183,20 +196,26 @@ def inspect(artifact, as_json, no_verify):
 @cli.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--level", type=click.Choice(["basic", "all"]), default="all", show_default=True,
-              help="basic: normalization fusions + merged projections; all: also GroupQueryAttention (decoders).")
+@click.option("--level", type=click.Choice(["none", "basic", "all"]), default="all", show_default=True,
+              help="basic: normalization fusions + merged projections; all: also GroupQueryAttention (decoders); "
+                   "none: no fusion (with --precision: convert the graph as it is).")
+@_precision_option
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--validate", "run_validate", is_flag=True, help="Validate OUTPUT against eager PyTorch.")
+@click.option("--validate", "run_validate", is_flag=True,
+              help="Validate OUTPUT against eager PyTorch (fp16: accuracy bounds, loose elementwise checks).")
 @click.option("--reference", default=None, help="SOURCE for --validate (default: the manifest's source).")
 @click.option("--quiet", "-q", is_flag=True)
-def optimize(artifact, output, level, force, run_validate, reference, quiet):
-    """Fuse ARTIFACT's graph into ONNX Runtime contrib ops; write the result to OUTPUT."""
-    from modelkiln.exporter.transform import plan_optimize, transform
+def optimize(artifact, output, level, precision, force, run_validate, reference, quiet):
+    """Fuse ARTIFACT's graph into ONNX Runtime contrib ops (and convert it with --precision); write OUTPUT."""
+    from modelkiln.exporter.transform import plan_convert, plan_optimize, transform
     from modelkiln.runtime.artifact import Artifact
 
     art = Artifact.load(artifact)
-    passes = plan_optimize(art.manifest, level)
+    convert = plan_convert(art.manifest, precision, validate=run_validate) if precision else []  # before fusing
+    passes = plan_optimize(art.manifest, level) + convert
     if not passes:
+        if level == "none":
+            raise ModelkilnError("--level none fuses nothing; add --precision fp16|bf16 to convert the graph")
         raise ModelkilnError(f"{artifact} already has every {level!r} fusion; nothing to do")
     out = transform(art, output, passes, force=force, validate=run_validate, reference=reference, quiet=quiet)
     _exit_on_parity(out, run_validate, quiet)

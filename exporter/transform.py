@@ -3,7 +3,8 @@
     from modelkiln.exporter.transform import transform
     transform("smollm2/", "smollm2-int4/", [("fuse_group_query_attention", {}), ("quantize_matmul_nbits", {"bits": 4})])
 
-What `modelkiln optimize` and `modelkiln quantize` run (and `export --optimize/--weights`, after the export). The
+What `modelkiln optimize` and `modelkiln quantize` run (and `export --optimize/--weights/--precision`, after the
+export). The
 source artifact is verified first and never modified; the output is written atomically like an export. The new
 manifest is the old one with the graph's I/O signature and file table recomputed, the pass records appended,
 and whatever the passes put in `context.manifest_updates` merged in (precision, attention kind, quantization).
@@ -89,7 +90,10 @@ def _summary(result: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (list, dict))) or "done"
 
 
-OPTIMIZE_LEVELS = ("basic", "all")
+OPTIMIZE_LEVELS = ("none", "basic", "all")
+PRECISIONS = ("fp16", "bf16")
+BF16_VALIDATE = ("--validate runs the graph on onnxruntime's CPU provider, which has no bf16 kernels; drop --validate "
+                 "for a bf16 artifact (it needs a GPU provider), or validate an --precision fp16 conversion instead")
 
 
 def _applied(manifest: dict[str, Any]) -> set[str]:
@@ -98,16 +102,42 @@ def _applied(manifest: dict[str, Any]) -> set[str]:
 
 def plan_optimize(manifest: dict[str, Any], level: str = "all") -> list[tuple[str, dict[str, Any]]]:
     """The fusion passes for an artifact's task. `basic`: normalization fusions and merged projections (the graph
-    keeps standard attention and I/O); `all`: also GroupQueryAttention for decoders (in-place KV cache)."""
+    keeps standard attention and I/O); `all`: also GroupQueryAttention for decoders (in-place KV cache); `none`:
+    no fusion (`optimize --level none --precision fp16` converts the graph as it is)."""
     if level not in OPTIMIZE_LEVELS:
         raise ModelkilnError(f"unknown optimization level {level!r}; use one of {', '.join(OPTIMIZE_LEVELS)}")
+    if level == "none":
+        return []
     done = _applied(manifest)
     if manifest.get("task") == "text-generation":
         passes = (["fuse_group_query_attention"] if level == "all" else []) + ["fuse_rms_norm",
                                                                                "merge_parallel_matmuls"]
     else:
         passes = ["fuse_encoder"]
-    return [(name, {}) for name in passes if name not in done]
+    todo = [(name, {}) for name in passes if name not in done]
+    if todo and manifest.get("precision_conversion"):
+        raise ModelkilnError(f"this artifact was converted to {manifest['precision']}; the fusions match fp32 graphs: "
+                             f"fuse and convert the fp32 artifact in one step (`modelkiln optimize FP32_ARTIFACT OUT "
+                             f"--precision {manifest['precision']}`)")
+    return todo
+
+
+def plan_convert(manifest: dict[str, Any], precision: str, *,
+                 validate: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """The fp16/bf16 conversion pass (graphs/float16.py), run after any fusions: half-precision weights and compute,
+    float32 inputs and outputs, the KV cache in the new precision, sensitive ops in fp32."""
+    if precision not in PRECISIONS:
+        raise ModelkilnError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    current = manifest.get("precision", "fp32")
+    if current != "fp32":
+        how = "converted" if manifest.get("precision_conversion") else f"traced with --dtype {current}"
+        raise ModelkilnError(f"this artifact is already {current} ({how}); convert an fp32 artifact to {precision}")
+    if manifest.get("quantization"):
+        raise ModelkilnError(f"this artifact is quantized ({manifest['quantization'].get('weights')}); --precision "
+                             "converts float artifacts: convert the fp32 artifact instead")
+    if precision == "bf16" and validate:
+        raise ModelkilnError(BF16_VALIDATE)
+    return [("convert_precision", {"precision": precision})]
 
 
 def plan_quantize(manifest: dict[str, Any], weights: str, *, block_size: int = 32, accuracy_level: int = 4,
@@ -117,6 +147,9 @@ def plan_quantize(manifest: dict[str, Any], weights: str, *, block_size: int = 3
     if manifest.get("quantization"):
         raise ModelkilnError(f"this artifact is already quantized ({manifest['quantization'].get('weights')}); "
                              "quantize the float artifact instead")
+    if manifest.get("precision_conversion"):
+        raise ModelkilnError(f"this artifact was converted to {manifest['precision']}; quantize the fp32 artifact "
+                             "instead")
     bits = {"int4": 4, "int8": 8}.get(weights)
     if bits is None:
         raise ModelkilnError(f"--weights {weights!r} is not supported; use int4 or int8")
@@ -133,15 +166,26 @@ def plan_quantize(manifest: dict[str, Any], weights: str, *, block_size: int = 3
 
 def export_transformed(source: str, output: str | Path, options, optimize: str | None, *, weights: str | None,
                        block_size: int = 32, accuracy_level: int = 4, scheme: str = "minmax",
-                       exclude: tuple[str, ...] = ()) -> Path:
-    """`export --optimize/--weights`: export the float artifact into a scratch directory beside OUTPUT, then
-    transform it into OUTPUT (validated there when asked, against SOURCE)."""
+                       exclude: tuple[str, ...] = (), precision: str | None = None) -> Path:
+    """`export --optimize/--weights/--precision`: export the float artifact into a scratch directory beside OUTPUT,
+    then transform it into OUTPUT (validated there when asked, against SOURCE)."""
     import dataclasses
     import tempfile
 
     from modelkiln.exporter.api import export
 
     output = Path(output)
+    if precision:  # refused before the slow export, not after
+        if precision not in PRECISIONS:
+            raise ModelkilnError(f"unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if options.dtype != "fp32":
+            raise ModelkilnError(f"--precision converts an fp32 export; --dtype {options.dtype} traces in "
+                                 f"{options.dtype} instead: use one of them, not both")
+        if weights:
+            raise ModelkilnError("--precision and --weights do not combine: quantized weights keep float32 "
+                                 "activations; pick one")
+        if precision == "bf16" and options.validate:
+            raise ModelkilnError(BF16_VALIDATE)
     check_output(output, options.force)
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.float-", dir=output.parent))
@@ -154,7 +198,9 @@ def export_transformed(source: str, output: str | Path, options, optimize: str |
             passes = plan_quantize(manifest, weights, block_size=block_size, accuracy_level=accuracy_level,
                                    scheme=scheme, exclude=exclude, optimize=optimize or "all")
         else:
-            passes = plan_optimize(manifest, optimize)
+            passes = plan_optimize(manifest, optimize or "none")
+        if precision:
+            passes += plan_convert(manifest, precision, validate=options.validate)
         return transform(art, output, passes, force=options.force, validate=options.validate, reference=source,
                          quiet=options.quiet)
     finally:

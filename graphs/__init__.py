@@ -8,6 +8,7 @@ from modelkiln.graphs import (  # noqa: F401  (registers their passes)
     decoder_fusions,
     encoder_fusions,
     encoder_quantization,
+    float16,
     matmul_merge,
     weight_quantization,
 )

@@ -54,7 +54,7 @@ class EncoderModel:
             self.tokenizer = PreTrainedTokenizer.from_pretrained(artifact.root)
         except (OSError, ValueError) as e:
             raise ModelkilnError(f"cannot load the tokenizer of artifact {artifact.root}: {e}") from None
-        self.session = create_session(artifact.graph_path("model"), providers, intra_op_threads)
+        self.session = create_session(artifact.graph_path("model"), providers, intra_op_threads, artifact.precision)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         # Outputs whose second axis is the sequence (trimmed per row); the others are per-sequence ([batch, labels]).

@@ -9,9 +9,17 @@ import onnxruntime as ort
 
 from modelkiln.runtime.errors import ArtifactError
 
+BF16_ON_CPU = ("this artifact is bf16: onnxruntime's CPU provider has no bf16 kernels; serve it with a GPU provider "
+               "(providers=['CUDAExecutionProvider']), or use an fp16/fp32 artifact on CPU "
+               "(`modelkiln optimize FP32_ARTIFACT OUT --precision fp16`)")
+
 
 def create_session(path: Path, providers: list[str] | None = None, intra_op_threads: int | None = None,
-                   ) -> ort.InferenceSession:
+                   precision: str = "fp32") -> ort.InferenceSession:
+    """`precision` is the artifact's (manifest `precision`): a bf16 graph on the CPU provider alone is refused with
+    one line instead of onnxruntime's "Could not find an implementation for Add(14)"."""
+    if precision == "bf16" and set(providers or ["CPUExecutionProvider"]) <= {"CPUExecutionProvider"}:
+        raise ArtifactError(BF16_ON_CPU)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads:

@@ -71,6 +71,9 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
     from modelkiln.exporter.encoder import ENCODER_TASKS
 
+    if art.precision == "bf16":  # before the reference loads
+        raise ModelkilnError(BF16_VALIDATE)
+    tolerances = _with_conversion_tolerances(art, tolerances)
     if art.task in ENCODER_TASKS:
         return _validate_encoder(art, reference, tolerances, quiet, debug)
     if art.task != "text-generation":
@@ -87,13 +90,21 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
     generation = art.manifest.get("generation", {})
     ctx = CaseContext(eager, compiled, loaded.tokenizer, generation,
                       lambda name: resolve_tolerance(name, precision, tolerances), model.config.vocab_size)
-    if art.manifest.get("quantization"):  # weights changed on purpose: accuracy, not elementwise parity
+    quantized, converted = art.manifest.get("quantization"), art.manifest.get("precision_conversion")
+    if (quantized or converted) and loaded.tokenizer is None:
+        raise ModelkilnError(f"validating a {'quantized' if quantized else 'converted'} artifact needs the reference's "
+                             "tokenizer (accuracy is measured on a held-out text)")
+    if quantized:  # weights changed on purpose: accuracy, not elementwise parity
         from modelkiln.validate.accuracy import AccuracyCase
 
-        if loaded.tokenizer is None:
-            raise ModelkilnError("validating a quantized artifact needs the reference's tokenizer (accuracy is "
-                                 "measured on a held-out text)")
         cases = [AccuracyCase()]
+    elif converted:  # rounding everywhere: accuracy judges, the forward and prompt cases catch breakage
+        from modelkiln.validate.accuracy import fp16_accuracy_case
+        from modelkiln.validate.cases import GenerationCase
+
+        cases = [fp16_accuracy_case()] + [
+            c for c in default_cases(generation.get("context_length"), True, bool(generation.get("chat_template")),
+                                     new_tokens=new_tokens, long_past=long_past) if not isinstance(c, GenerationCase)]
     else:
         cases = default_cases(generation.get("context_length"), loaded.tokenizer is not None,
                               bool(generation.get("chat_template")), new_tokens=new_tokens, long_past=long_past)
@@ -101,9 +112,25 @@ def validate(artifact: str | os.PathLike | Artifact, reference, *, tolerances: M
     return _report(art, loaded, tolerances, compiled.output_names, results)
 
 
+BF16_VALIDATE = ("this artifact is bf16: validate runs the graph on onnxruntime's CPU provider, which has no bf16 "
+                 "kernels (a bf16 artifact needs a GPU provider); validate the fp16 conversion of the same fp32 "
+                 "artifact instead (`modelkiln optimize FP32_ARTIFACT OUT --precision fp16 --validate`)")
+
+
+def _with_conversion_tolerances(art: Artifact, tolerances: Mapping[str, Tolerance] | None):
+    """A converted graph's elementwise cases only catch breakage (accuracy is judged separately): their loose
+    tolerances (validate/compare.py CONVERTED_TOLERANCES) go under the user's overrides, so both show in the report."""
+    if not art.manifest.get("precision_conversion"):
+        return tolerances
+    from modelkiln.validate.compare import CONVERTED_TOLERANCES
+
+    return {**CONVERTED_TOLERANCES, **(tolerances or {})}
+
+
 def _validate_encoder(art: Artifact, reference, tolerances, quiet: bool, debug: bool) -> ParityReport:
     """Encoder tasks (validate/encoder_cases.py): outputs elementwise, then pipeline answers; a quantized artifact
-    (manifest `quantization`) is judged by per-sentence cosine and unchanged labels instead."""
+    (manifest `quantization`) is judged by per-sentence cosine and unchanged labels instead, a converted one
+    (`precision_conversion`) by both."""
     from modelkiln.exporter.encoder import ENCODER_TASKS
     from modelkiln.exporter.progress import Progress
     from modelkiln.validate.encoder_cases import EncoderContext, default_cases, run_encoder_case
@@ -112,8 +139,9 @@ def _validate_encoder(art: Artifact, reference, tolerances, quiet: bool, debug: 
         loaded, model = _load_reference(reference, art, ENCODER_TASKS[art.task].auto_class)
     precision = art.precision
     ctx = EncoderContext(art, loaded, model, lambda name: resolve_tolerance(name, precision, tolerances))
-    results = _run_all(default_cases(art.task, loaded.tokenizer, art.manifest.get("quantization")),
-                       lambda case: run_encoder_case(ctx, case, debug=debug), quiet)
+    cases = default_cases(art.task, loaded.tokenizer, art.manifest.get("quantization"),
+                          converted=bool(art.manifest.get("precision_conversion")))
+    results = _run_all(cases, lambda case: run_encoder_case(ctx, case, debug=debug), quiet)
     return _report(art, loaded, tolerances, ctx.output_names, results)
 
 
