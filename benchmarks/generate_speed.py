@@ -219,7 +219,8 @@ def print_table(results: dict, weights: dict, bandwidth: float, prompt_tokens: i
     for key, r in results.items():
         if r and "cold_start_s" in r:
             print(f"\n{r['name']}: cold start (import + load + first token, fresh process) {r['cold_start_s']:.2f} s; "
-                  f"per-step Python overhead outside onnxruntime {r['step_overhead_ms']:.3f} ms", end="")
+                  f"per-step Python overhead outside onnxruntime {r['step_overhead_ms']:.3f} ms wall, "
+                  f"{r['step_overhead_cpu_ms']:.3f} ms CPU", end="")
     print()
 
 

@@ -28,6 +28,9 @@ from modelkiln.runtime.artifact import Artifact
 from modelkiln.runtime.errors import ArtifactError
 from modelkiln.runtime.session import create_session
 
+BF16_DECODER = ("this artifact is bf16: onnxruntime's CPU provider has no bf16 kernels, and this runtime keeps the KV "
+                "cache in numpy, which has no bf16; serve it with a GPU runtime that binds device buffers, or use an "
+                "fp16 artifact (`modelkiln optimize FP32_ARTIFACT OUT --precision fp16`)")
 _NP_DTYPES = {"fp32": np.float32, "fp16": np.float16, "float": np.float32, "float16": np.float16}
 
 
@@ -43,9 +46,7 @@ class KVCacheSpec:
     def from_manifest(cls, kv: dict) -> KVCacheSpec:
         dtype = kv.get("dtype", "fp32")
         if dtype == "bf16":
-            raise ArtifactError(
-                "this artifact is bf16: onnxruntime's CPU provider has no bf16 kernels; run or validate it with a "
-                "GPU provider, or re-export with --dtype fp16|fp32 for CPU")
+            raise ArtifactError(BF16_DECODER)
         if dtype not in _NP_DTYPES:
             raise ArtifactError(f"KV-cache dtype {dtype!r} cannot be fed from numpy; re-export with --dtype fp32|fp16")
         return cls(kv["num_layers"], kv["num_kv_heads"], kv["head_dim"], kv.get("key_head_dim", kv["head_dim"]),
@@ -56,13 +57,37 @@ class KVBuffers:
     """A preallocated in-place cache: one [b, kv_heads, capacity, head_dim] OrtValue per past/present pair, and
     the IOBinding that binds each as both input and output (bound once, reused by every decode step)."""
 
-    def __init__(self, lm: DecoderLM, values: list[ort.OrtValue]):
+    def __init__(self, lm: DecoderLM, values: list[ort.OrtValue], step_logits: np.ndarray | None = None):
         self.values = values
         self.binding = lm.session.io_binding()
         self.binding.bind_output("logits")  # first: outputs come back in binding order
         for name, out, value in zip(lm.past_names, lm.output_names[1:], values):
             self.binding.bind_ortvalue_input(name, value)
             self.binding.bind_ortvalue_output(out, value)
+        self.step_logits = None  # [b, 1, V], bound as the output of every one-token step
+        if step_logits is not None:
+            self._bind_step_logits(step_logits)
+
+    def _bind_step_logits(self, buffer: np.ndarray) -> None:
+        self.step_logits = buffer
+        self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(buffer))
+
+    def run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One step over this cache. A one-token step writes its logits into a buffer bound once (reading ORT's
+        outputs back would wrap all 61 bound values, ~0.3 ms a step); the returned array is that buffer, valid
+        until the next step on this cache — callers consume each step's logits before the next."""
+        binding = self.binding
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        one_token = feeds["input_ids"].shape[1] == 1 and self.step_logits is not None
+        if not one_token:
+            binding.bind_output("logits")  # ORT allocates it for this step's shape
+        session.run_with_iobinding(binding)
+        if one_token:
+            return self.step_logits
+        logits = binding.get_outputs()[0].numpy()
+        self._bind_step_logits(np.empty((logits.shape[0], 1, logits.shape[2]), logits.dtype))
+        return logits
 
 
 class DecoderLM:
@@ -73,7 +98,7 @@ class DecoderLM:
         self.kv = KVCacheSpec.from_manifest(artifact.manifest["kv_cache"])
         # GroupQueryAttention graphs: rows right-aligned inside, cache updated in place when preallocated
         self.in_place = artifact.manifest["kv_cache"].get("attention") == "group_query_attention"
-        self.session = create_session(artifact.graph_path("model"), providers, intra_op_threads)
+        self.session = create_session(artifact.graph_path("model"), providers, intra_op_threads, artifact.precision)
         self.past_names = [f"past_key_values.{i}.{k}" for i in range(self.kv.num_layers) for k in ("key", "value")]
         self.output_names = ["logits"] + [f"present.{i}.{k}" for i in range(self.kv.num_layers)
                                           for k in ("key", "value")]
@@ -121,13 +146,7 @@ class DecoderLM:
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
                  "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64)}
         if isinstance(cache, KVBuffers):
-            binding = cache.binding
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            binding.bind_output("logits")  # rebound (same slot) so ORT allocates it for this step's shape
-            self.session.run_with_iobinding(binding)
-            logits = binding.get_outputs()[0].numpy()
-            present = cache
+            logits, present = cache.run(self.session, feeds), cache
         else:
             if cache is None:
                 cache = self.empty_ort_cache(input_ids.shape[0])
@@ -157,7 +176,10 @@ class DecoderLM:
         """Gather cache rows (beam reordering, dropping finished rows): one copy, only when rows change."""
         values = cache.values if isinstance(cache, KVBuffers) else cache
         gathered = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[rows])) for value in values]
-        return KVBuffers(self, gathered) if isinstance(cache, KVBuffers) else gathered
+        if not isinstance(cache, KVBuffers):
+            return gathered
+        same_rows = cache.step_logits is not None and len(rows) == len(cache.step_logits)
+        return KVBuffers(self, gathered, cache.step_logits if same_rows else None)  # beams keep their logits buffer
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
                 cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -43,9 +43,12 @@ def prefill(lm: DecoderLM, input_ids: np.ndarray, attention_mask: np.ndarray, ca
     return logits[:, -1, :], cache  # [b, V]
 
 
-def decode_one_token(lm: DecoderLM, tokens: np.ndarray, attention_mask: np.ndarray, cache):
-    """tokens [b] at the position after `cache`; attention_mask [b, past + 1] → logits [b, V], grown cache."""
-    positions = attention_mask.sum(axis=-1, keepdims=True) - 1  # [b, 1]
+def decode_one_token(lm: DecoderLM, tokens: np.ndarray, attention_mask: np.ndarray, cache,
+                     positions: np.ndarray | None = None):
+    """tokens [b] at the position after `cache`; attention_mask [b, past + 1] → logits [b, V], grown cache.
+    `positions` [b, 1]: the tokens' positions when the caller tracks them (else counted from the mask)."""
+    if positions is None:
+        positions = attention_mask.sum(axis=-1, keepdims=True) - 1  # [b, 1]
     logits, cache = lm.step(tokens[:, None], attention_mask, positions, cache)
     return logits[:, -1, :], cache
 
@@ -78,24 +81,33 @@ def generate(lm: DecoderLM, input_ids: np.ndarray, attention_mask: np.ndarray, c
 
 
 def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, on_token, stop) -> np.ndarray:
-    rows = input_ids.shape[0]
+    """Greedy or sampling. Per step, Python does only O(rows) work besides the processors: the ids, the mask and
+    the positions live in buffers sized prompt + max_new_tokens, filled in place (no per-step concatenation)."""
+    rows, prompt = input_ids.shape
     eos = np.array(config.eos_ids, dtype=np.int64)
     pad = config.effective_pad_token_id
-    processors = build_logits_processors(config, input_ids.shape[1], attention_mask)
-    sequences = input_ids.astype(np.int64)  # [rows, t]: processors see prompt + generated so far
+    processors = build_logits_processors(config, prompt, attention_mask)
+    width = prompt + config.max_new_tokens
+    sequences = np.zeros((rows, width), np.int64)  # processors see prompt + generated so far: sequences[:, :t]
+    sequences[:, :prompt] = input_ids
+    masks = np.ones((rows, width), np.int64)  # the active rows' masks: masks[:, :t]
+    masks[:, :prompt] = attention_mask
+    positions = attention_mask.sum(axis=-1, keepdims=True).astype(np.int64)  # [a, 1] the next token's position
     out = np.full((rows, config.max_new_tokens), pad if pad is not None else 0, dtype=np.int64)
     active = np.arange(rows)  # original row index of each row the graph still runs
-    logits, cache = prefill(lm, input_ids, attention_mask, capacity=input_ids.shape[1] + config.max_new_tokens)
-    mask = attention_mask.astype(np.int64)
+    logits, cache = prefill(lm, input_ids, attention_mask, capacity=width)
     produced = 0
     for step in range(config.max_new_tokens):
-        scores = (apply_processors(processors, sequences[active], logits, rows=active)  # [a, V]
-                  if processors else logits)
+        length = prompt + step
+        if processors:
+            seen = sequences[:, :length] if len(active) == rows else sequences[active, :length]
+            scores = apply_processors(processors, seen, logits, rows=active)  # [a, V]
+        else:
+            scores = logits
         tokens = sample(softmax(scores), rng) if config.do_sample else greedy(scores)  # [a]
         out[active, step] = tokens
+        sequences[active, length] = tokens
         produced = step + 1
-        if processors:  # only the processors read prompt + generated ids; skip the per-step copy otherwise
-            sequences = np.concatenate([sequences, out[:, step:step + 1]], axis=1)  # [rows, t + step + 1]
         if on_token is not None:
             on_token(active, tokens)
         done = (tokens[:, None] == eos).any(axis=1)  # [a]; np.isin costs 0.1 ms per call at this size
@@ -103,12 +115,12 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
             done |= stop(active, out[active, :step + 1])
         if step == config.max_new_tokens - 1 or done.all():
             break
-        mask = np.concatenate([mask, np.ones((len(mask), 1), dtype=np.int64)], axis=1)  # [a, past + 1]
         if done.any():  # drop finished rows: they stop costing work (their output is already padded)
             keep = np.flatnonzero(~done)
-            active, tokens, mask = active[keep], tokens[keep], mask[keep]
+            active, tokens, masks, positions = active[keep], tokens[keep], masks[keep], positions[keep]
             cache = lm.select_rows(cache, keep)
-        logits, cache = decode_one_token(lm, tokens, mask, cache)
+        logits, cache = decode_one_token(lm, tokens, masks[:, :length + 1], cache, positions)
+        positions += 1
     return out[:, :produced]
 
 

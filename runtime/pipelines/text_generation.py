@@ -20,6 +20,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -54,9 +55,17 @@ class TextGenerationPipeline:
 
     def __init__(self, artifact: Artifact, providers: list[str] | None = None, **defaults: Any):
         self.artifact = artifact
-        self.model = DecoderLM(artifact, providers)
         if artifact.file("tokenizer.json") is None:
             raise ModelkilnError(f"artifact {artifact.root} has no tokenizer.json; text-generation needs one")
+        # onnxruntime builds the session (weight pre-packing: most of a cold start) without holding the GIL, so
+        # the tokenizer and chat template load in this thread meanwhile
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelkiln-load") as pool:
+            model = pool.submit(DecoderLM, artifact, providers)
+            self._load_text_side(artifact, defaults)
+            self.model = model.result()
+
+    def _load_text_side(self, artifact: Artifact, defaults: Mapping[str, Any]) -> None:
+        """Tokenizer, chat template and generation defaults (everything but the graph)."""
         self.tokenizer = PreTrainedTokenizer.from_pretrained(artifact.root)
         gen = artifact.manifest.get("generation", {})
         self.context_length = gen.get("context_length")

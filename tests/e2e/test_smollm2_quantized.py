@@ -29,15 +29,20 @@ def test_int4_passes_the_accuracy_gate(smollm2_int4):
     manifest = json.loads((smollm2_int4 / "modelkiln.json").read_text())
     assert manifest["kv_cache"]["attention"] == "group_query_attention"
     assert manifest["quantization"] | {"weights": "int4", "scheme": "minmax"} == manifest["quantization"]
-    assert manifest["files"]["model.onnx.data"]["size"] < 125e6  # 542 MB in fp32
+    assert sum(f["size"] for f in manifest["files"].values()) < 100e6  # the whole artifact; 542 MB in fp32
 
 
 def test_int4_pipeline_answers(smollm2_int4):
     from modelkiln.runtime import pipeline
 
     pipe = pipeline("text-generation", model=smollm2_int4)
-    out = pipe([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=16, do_sample=False)
-    assert "Paris" in out[0]["generated_text"][-1]["content"]
+    # not the bare "What is the capital of France?": there fp32's first token is a near-tie ("The" 25.33 vs "L"
+    # 25.24), which int8 activations may flip, and the answer then wanders off
+    questions = {"What is the capital of France? Answer in one sentence.": "Paris",
+                 "What is the capital of Japan?": "Tokyo", "What is the chemical symbol for gold?": "Au"}
+    out = pipe([[{"role": "user", "content": q}] for q in questions], max_new_tokens=16, do_sample=False)
+    for answer, fact in zip(out, questions.values()):
+        assert fact in answer[0]["generated_text"][-1]["content"], answer
 
 
 def test_fused_fp32_pipeline_equals_unfused(smollm2_artifact, tmp_path_factory):
