@@ -65,6 +65,8 @@ class KVBuffers:
             self.binding.bind_ortvalue_input(name, value)
             self.binding.bind_ortvalue_output(out, value)
         self.step_logits = None  # [b, 1, V], bound as the output of every one-token step
+        self.step_inputs: dict[str, np.ndarray] = {}  # input_ids, position_ids [b, 1], bound while steps are one token
+        self._keep: list[ort.OrtValue] = []  # the OrtValues over those buffers, alive while bound
         if step_logits is not None:
             self._bind_step_logits(step_logits)
 
@@ -73,18 +75,27 @@ class KVBuffers:
         self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(buffer))
 
     def run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One step over this cache. A one-token step writes its logits into a buffer bound once (reading ORT's
-        outputs back would wrap all 61 bound values, ~0.3 ms a step); the returned array is that buffer, valid
-        until the next step on this cache — callers consume each step's logits before the next."""
+        """One step over this cache. One-token steps (after the first step) write their logits into a buffer bound
+        once (reading ORT's outputs back would wrap all 61 bound values, ~0.3 ms a step), and their ids and
+        positions into [b, 1] buffers bound once: only the growing mask is bound per step. The returned array is
+        the logits buffer, valid until the next step on this cache — callers consume each step's logits first."""
         binding = self.binding
+        if feeds["input_ids"].shape[1] == 1 and self.step_logits is not None:
+            if not self.step_inputs:
+                self.step_inputs = {name: np.empty_like(feeds[name]) for name in ("input_ids", "position_ids")}
+                self._keep = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.step_inputs.values()]
+                for name, value in zip(self.step_inputs, self._keep):
+                    binding.bind_ortvalue_input(name, value)
+            for name, buffer in self.step_inputs.items():
+                buffer[...] = feeds[name]
+            binding.bind_cpu_input("attention_mask", feeds["attention_mask"])
+            session.run_with_iobinding(binding)
+            return self.step_logits
+        self.step_inputs = {}
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        one_token = feeds["input_ids"].shape[1] == 1 and self.step_logits is not None
-        if not one_token:
-            binding.bind_output("logits")  # ORT allocates it for this step's shape
+        binding.bind_output("logits")  # ORT allocates it for this step's shape
         session.run_with_iobinding(binding)
-        if one_token:
-            return self.step_logits
         logits = binding.get_outputs()[0].numpy()
         self._bind_step_logits(np.empty((logits.shape[0], 1, logits.shape[2]), logits.dtype))
         return logits
