@@ -241,6 +241,7 @@ def main() -> None:
                         "(ours, ours-fused, ours-int8, optimum, optimum-int8); default all")
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
+    load_at_start = _load_average()
 
     import torch
     import transformers
@@ -365,10 +366,15 @@ def main() -> None:
         print(f"| {name} | {w32:.4f} ({t32[:24]!r}) | {w1:.4f} | {m32:.4f} | {row['labels']}/{len(texts)} |")
     if skipped:
         print(f"\n{skipped}")
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     print(f"\n(median of {rounds * calls} calls in {rounds} interleaved rounds; accuracy on the {len(texts)} held-out "
           f"texts of validate; torch {torch.__version__}, {torch.get_num_threads()} threads; onnxruntime default "
-          f"threads; load average {' '.join(load)})")
+          f"threads; load average {load_at_start} at the start, {_load_average()} at the end)")
+
+
+def _load_average() -> str:
+    """1, 5 and 15 minute load averages: the machine is shared, so each run says what else was running."""
+    path = Path("/proc/loadavg")
+    return " ".join(path.read_text().split()[:3]) if path.exists() else "?"
 
 
 if __name__ == "__main__":

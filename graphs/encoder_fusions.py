@@ -89,7 +89,7 @@ def _fold_packed_weights(model: ir.Model) -> int:
     """Concat(W_q, W_k, W_v) of initializers -> one initializer (what onnxscript's QKV packing leaves behind), and
     each Attention node's packed weight and bias named after its layer: `...layer.0.attention.qkv.weight`.
 
-    torch.export names transposed weights val_N; the layer name lets `kept_float` and `--exclude` of the int8 pass
+    torch.export names transposed weights val_N; the layer name lets `kept` and `--exclude` of the int8 pass
     say `model.encoder.layer.0.attention.query` instead of val_64.
     """
     graph = model.graph

@@ -50,18 +50,20 @@ def test_guard_keeps_matmuls_float_when_the_target_demands_it(tmp_path):
     target = 0.9995
     plain, plain_manifest = _quantize(src, tmp_path / "plain", min_cosine=None)  # no guard: everything int8
     unguarded = _worst_cosine(src, plain)
-    assert plain_manifest["quantization"]["kept_float"] == []
+    assert plain_manifest["quantization"]["kept"] == []
     assert unguarded.worst_cosine < target  # so the target below needs the guard
 
     guarded, manifest = _quantize(src, tmp_path / "guarded", min_cosine=target)
-    kept = manifest["quantization"]["kept_float"]
+    kept = manifest["quantization"]["kept"]
     assert kept and manifest["quantization"]["min_cosine"] == target
     measured = _worst_cosine(src, guarded)
     assert measured.worst_cosine >= target, (measured.worst_cosine, kept)
     assert manifest["quantization"]["measured_worst_cosine"] == pytest.approx(measured.worst_cosine, abs=2e-4)
     ops = [n.op_type for n in ir.load(guarded / "model.onnx").graph]
-    assert ops.count("DynamicQuantizeMatMul") == manifest["graphs"]["model"]["passes"][-1]["result"]["quantized"] > 0
-    assert ops.count("MatMul") >= len(kept)
+    quantized = manifest["graphs"]["model"]["passes"][-1]["result"]["quantized"]
+    assert manifest["quantization"]["kept_as"] == "w8a16"  # kept: two int8 passes (16-bit activations), no float
+    assert ops.count("MatMulIntegerToFloat") == len(kept) and quantized > 0
+    assert ops.count("DynamicQuantizeMatMul") == quantized + len(kept)  # (a kept one's second pass is one)
     # the manifest's I/O signature is the float one: the runtime needs no special case
     for key in ("inputs", "outputs"):
         assert manifest["graphs"]["model"][key] == json.loads((src / "modelkiln.json").read_text())["graphs"][
@@ -149,8 +151,9 @@ def test_minilm_int8_against_sentence_transformers(tmp_path):
 
     out, manifest = _quantize(get_artifact("minilm", "sentence-similarity"), tmp_path / "int8", min_cosine=0.99)
     result = manifest["graphs"]["model"]["passes"][-1]["result"]
-    assert result["quantized"] > 2 * len(result["kept_float"])  # mostly int8
-    assert all(label.startswith("model.encoder.layer.") for label in result["kept_float"])  # named by layer
+    assert result["quantized"] > 2 * len(result["kept"])  # mostly plain int8
+    assert all(label.startswith("model.encoder.layer.") for label in result["kept"])  # named by layer
+    assert result["gelu_routed"] and result["smoothed"]
     st = SentenceTransformer(str(resolve_embedded("all-minilm-l6-v2")), device="cpu")
     texts = list(ACCURACY_TEXTS)
     expected = st.encode(texts, convert_to_numpy=True)
@@ -159,3 +162,142 @@ def test_minilm_int8_against_sentence_transformers(tmp_path):
         actual = ours.encode(texts, batch_size=batch_size)
         cosines = (actual * expected).sum(1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(expected, axis=1)
         assert cosines.min() >= 0.99, (batch_size, cosines.min(), texts[int(cosines.argmin())])
+
+
+def _run(model: ir.Model, feed: dict) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+
+
+def _fused_split(family: str, task: str) -> ir.Model:
+    """The fused fp32 graph with weights in memory and attention as three MatMuls, as the int8 pass sees it."""
+    from modelkiln.graphs.encoder_quantization import _split_attention
+
+    model = ir.load(get_artifact(family, task) / "model.onnx")
+    encoder_fusions.fuse_encoder(model)
+    ir.external_data.load_to_model(model)
+    _split_attention(model)
+    return model
+
+
+def _feed(rng, shape=(3, 17)):
+    ids = rng.integers(5, 150, size=shape)
+    mask = np.ones_like(ids)
+    mask[1, -5:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def test_outlier_rewrites_keep_the_fp32_outputs():
+    """GELU routing and smoothing rewrite the fp32 graph without changing what it computes, whichever channels they
+    take (forced here with spikes in the calibration maxima), and leave the int8 inputs without those channels."""
+    from modelkiln.graphs.encoder_quantization import _candidates, _route_gelu_outliers, _smooth_inputs
+
+    model = _fused_split("bert", "text-classification")
+    feed = _feed(np.random.default_rng(0))
+    before = _run(model, feed)
+    pool = _candidates(model)
+    amax = {c.label: np.ones(c.weight.shape[0], dtype=np.float32) for c in pool}
+    for peak in amax.values():
+        peak[[1, 5]] = 50.0, 40.0
+    routed = _route_gelu_outliers(model, pool, amax, 2, 1.01)  # (a 64-channel tensor's p99 is its 2nd largest)
+    nodes = {n.name: n for n in model.graph}
+    downs = [c.label for c in pool if nodes[c.node_name].inputs[0].producer().op_type == "BiasGelu"]
+    assert len(downs) == 2 and sorted(routed) == sorted(downs) and all(idx == [1, 5] for idx in routed.values())
+    assert all(amax[label][[1, 5]].max() == 0.0 for label in routed)  # the down projections' inputs: no spike left
+    smoothed = _smooth_inputs(model, pool, amax, 90.0)
+    assert smoothed and not set(smoothed) & set(routed)  # GELU outputs are routed, never smoothed
+    assert all(peak == pytest.approx(50.0) for peak in smoothed.values())
+    for label in smoothed:
+        assert amax[label].max() == pytest.approx(1.0)  # the smoothed inputs' channels are level now
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("BiasGelu") == 2 * len(routed)  # the FFN's own + the routed channels'
+    # one Mul per smoothed input, shared by the MatMuls that read it (q, k and v read one)
+    readers = {next(n for n in model.graph if n.name == c.node_name).inputs[0].name for c in pool
+               if c.label in smoothed}
+    assert ops.count("Mul") == len(readers) < len(smoothed)
+    for after, plain in zip(_run(model, feed), before):
+        np.testing.assert_allclose(after, plain, atol=2e-5, rtol=1e-4)
+
+
+def test_smoothing_folds_into_a_layer_norm_read_only_by_the_matmuls():
+    """Pre-LN layout (the LayerNorm output feeds only the projections): the scales go into gamma and beta, no Mul."""
+    from modelkiln.graphs.encoder_quantization import _candidates, _smooth_inputs
+
+    rng = np.random.default_rng(0)
+    x = ir.Value(name="x", shape=ir.Shape([2, 5, 8]), type=ir.TensorType(ir.DataType.FLOAT))
+    graph = ir.Graph([x], [], nodes=[], opset_imports={"": 18}, name="g")
+    gamma, beta = (_init(graph, name, rng.normal(size=8)) for name in ("gamma", "beta"))
+    norm = ir.node("LayerNormalization", [x, gamma, beta], attributes={"axis": -1}, name="norm")
+    graph.append(norm)
+    for i in range(2):
+        mm = ir.node("MatMul", [norm.outputs[0], _init(graph, f"w{i}", rng.normal(size=(8, 6)))], name=f"mm{i}")
+        graph.append(mm)
+        mm.outputs[0].name, mm.outputs[0].dtype = f"y{i}", ir.DataType.FLOAT
+        graph.outputs.append(mm.outputs[0])
+    model = ir.Model(graph, ir_version=10)
+    feed = {"x": rng.normal(size=(2, 5, 8)).astype(np.float32)}
+    before = _run(model, feed)
+    pool = _candidates(model)
+    amax = {c.label: np.ones(8, dtype=np.float32) for c in pool}
+    for peak in amax.values():
+        peak[3] = 20.0
+    assert len(_smooth_inputs(model, pool, amax, 90.0)) == 2
+    assert "Mul" not in [n.op_type for n in model.graph]
+    for after, plain in zip(_run(model, feed), before):
+        np.testing.assert_allclose(after, plain, atol=1e-5, rtol=1e-5)
+
+
+def _init(graph: ir.Graph, name: str, array) -> ir.Value:
+    from modelkiln.graphs.initializers import add_initializer
+
+    return add_initializer(graph, name, np.asarray(array, dtype=np.float32))
+
+
+def test_w8a16_is_as_accurate_as_the_weights_allow():
+    """A MatMul kept out of plain int8 runs in two int8 passes (16-bit activations): its error is the weights'
+    rounding only, far below plain int8's on an input with a wide range; the bias goes into the first pass."""
+    from modelkiln.graphs.encoder_quantization import _candidates
+
+    rng = np.random.default_rng(0)
+    x = ir.Value(name="x", shape=ir.Shape([64, 32]), type=ir.TensorType(ir.DataType.FLOAT))
+    graph = ir.Graph([x], [], nodes=[], opset_imports={"": 18}, name="g")
+    mm = ir.node("MatMul", [x, _init(graph, "w", rng.normal(size=(32, 16)))], name="mm")
+    add = ir.node("Add", [mm.outputs[0], _init(graph, "dense.bias", rng.normal(size=16))])
+    graph.extend([mm, add])
+    add.outputs[0].name, add.outputs[0].dtype = "y", ir.DataType.FLOAT
+    graph.outputs.append(add.outputs[0])
+    feed = {"x": rng.normal(size=(64, 32)).astype(np.float32)}
+    feed["x"][3, 7] = 60.0  # one massive activation: plain int8's one scale leaves the rest a few levels
+    exact = _run(ir.Model(graph, ir_version=10), feed)[0]
+    errors = {}
+    for precise in (False, True):
+        model = ir.from_proto(ir.to_proto(ir.Model(graph, ir_version=10)))
+        (c,) = _candidates(model)
+        c.quantize_weight(per_channel=True, reduce_range=False)
+        weights_only = feed["x"] @ (c.quantized.astype(np.float32) * c.scale) + add.inputs[1].const_value.numpy()
+        c.apply(model, precise=precise)
+        ops = [n.op_type for n in model.graph]
+        assert "MatMul" not in ops and "Add" not in ops[:1]
+        errors[precise] = np.abs(_run(model, feed)[0] - exact).max()
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("DynamicQuantizeMatMul") == 1
+    weight_error = np.abs(weights_only - exact).max()
+    assert errors[True] == pytest.approx(weight_error, rel=0.02)  # the activations' rounding is gone
+    assert errors[False] > 2 * weight_error
+
+
+def test_int8_residual_sums_take_the_bias_into_the_matmul():
+    """Sum(y, residual, bias) of the fused graph -> DynamicQuantizeMatMul(.., bias) + Sum(y, residual): one input
+    of [tokens, hidden] fewer to read per residual sum."""
+    src = get_artifact("bert", "text-classification")
+    art = Artifact.load(src)
+    model = ir.load(src / "model.onnx")
+    encoder_fusions.fuse_encoder(model)
+    quantize_dynamic_int8(model, min_cosine=None, context=PassContext(manifest=art.manifest, artifact_dir=art.root))
+    sums = [n for n in model.graph if n.op_type == "Sum"]
+    assert sums
+    for total in sums:
+        assert all(v.const_value is None for v in total.inputs)  # no bias vector left in a residual sum
+        producers = {v.producer().op_type for v in total.inputs if v.producer() is not None}
+        assert "DynamicQuantizeMatMul" in producers

@@ -172,3 +172,19 @@ def test_pretokenized_offsets_trimmed_like_library(name):
         expected = lib.encode(words, pair, is_pretokenized=True)
         got = build_post_processor(pp).process(_pretokenized(words, 0), _pretokenized(pair, 1) if pair else None)
         assert H.encoding_fields(got) == H.encoding_fields(expected), (words, pair)
+
+
+@pytest.mark.parametrize("name", ["template", "template_repeat", "none"])
+def test_template_single_sequence_fast_path_equals_the_generic_path(name):
+    """One sequence without overflowing windows is built in one pass; every field (sequence ranges included) is
+    what the generic per-piece merge gives."""
+    from modelkiln.runtime.tokenizer.post_processors import PostProcessor
+
+    pp = build_post_processor(H.POST_PROCESSORS[name] or {
+        "type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {}})
+    for (a, _), add in itertools.product(H.PAIRS, (True, False)):
+        fast = pp.process(H.glue_encode(MODEL, a, 0), None, add)
+        generic = PostProcessor.process(pp, H.glue_encode(MODEL, a, 0), None, add)
+        assert fast == generic and fast.sequence_ranges == generic.sequence_ranges, (a, add)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer as LibTokenizer
 
 from tokenizer_support import TEXTS, tricky_text, unicode_text
@@ -135,3 +136,28 @@ def test_unknown_type_names_the_type_and_its_place():
 def test_bad_behavior_is_reported():
     with pytest.raises(ValueError, match="unknown split behavior 'Sideways'"):
         build_pre_tokenizer({"type": "Split", "pattern": {"String": "-"}, "behavior": "Sideways", "invert": False})
+
+
+ascii_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=ascii_text)
+def test_bert_ascii_fast_path_matches_library(text):
+    """BertPreTokenizer splits ASCII-only text with a regex of ASCII classes (5-9x faster than the full Unicode
+    one): same splits as the library, and as the full regex, on any ASCII string (controls included)."""
+    from modelkiln.runtime.tokenizer.pre_tokenizers import BERT_PIECES_ASCII_RE, BERT_PIECES_RE
+
+    lib, mine = _library_pre_tokenizer(CONFIGS["bert"]), build_pre_tokenizer(CONFIGS["bert"])
+    assert mine.pre_tokenize_str(text) == lib.pre_tokenize_str(text)
+    fast, full = BERT_PIECES_ASCII_RE.pattern, BERT_PIECES_RE.pattern
+    assert [m.span() for m in fast.finditer(text)] == [m.span() for m in full.finditer(text)]
+
+
+def test_bert_ascii_classes_agree_with_the_full_regex_on_every_char():
+    from modelkiln.runtime.tokenizer.pre_tokenizers import BERT_PIECES_ASCII_RE, BERT_PIECES_RE
+
+    fast, full = BERT_PIECES_ASCII_RE.pattern, BERT_PIECES_RE.pattern
+    for code in range(128):
+        for text in (chr(code), f"a{chr(code)}b", f"{chr(code)}{chr(code)}x"):
+            assert [m.span() for m in fast.finditer(text)] == [m.span() for m in full.finditer(text)], repr(text)
