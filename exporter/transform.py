@@ -4,10 +4,10 @@
     transform("smollm2/", "smollm2-int4/", [("fuse_group_query_attention", {}), ("quantize_matmul_nbits", {"bits": 4})])
 
 What `modelkiln optimize` and `modelkiln quantize` run (and `export --optimize/--weights/--precision`, after the
-export). The
-source artifact is verified first and never modified; the output is written atomically like an export. The new
-manifest is the old one with the graph's I/O signature and file table recomputed, the pass records appended,
-and whatever the passes put in `context.manifest_updates` merged in (precision, attention kind, quantization).
+export). The source artifact is verified first and never modified; the output is written atomically like an
+export. The new manifest is the old one with the graph's I/O signature and file table recomputed, the pass records
+appended, and whatever the passes put in `context.manifest_updates` merged in (precision, attention kind,
+quantization).
 """
 
 from __future__ import annotations
