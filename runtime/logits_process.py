@@ -48,13 +48,11 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def _mask_eos(scores: np.ndarray, eos_token_ids: Sequence[int]) -> np.ndarray:
-    """A copy of scores [b, V] with -inf at the EOS ids that exist in this vocabulary (torch.isin semantics:
-    others are ignored). Indexes the few ids directly: an isin over the whole vocabulary cost 0.1 ms a step."""
-    out = scores.copy()
+def _mask_eos_in_place(scores: np.ndarray, eos_token_ids: Sequence[int]) -> None:
+    """-inf at the EOS ids of scores [b, V] that exist in this vocabulary (torch.isin semantics: others are
+    ignored). Indexes the few ids directly: an isin over the whole vocabulary cost 0.1 ms a step."""
     ids = [i for i in eos_token_ids if 0 <= i < scores.shape[-1]]
-    out[..., ids] = np.float32(NEG_INF)
-    return out
+    scores[..., ids] = np.float32(NEG_INF)
 
 
 def _check_keep(min_tokens_to_keep: int):
@@ -152,10 +150,13 @@ class MinLength:
             raise ValueError(f"min_length={self.min_length!r} must be a non-negative integer")
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        scores = _f32(scores)
-        if np.shape(input_ids)[-1] >= self.min_length:
-            return scores.copy()
-        return _mask_eos(scores, self.eos_token_ids)
+        return self.apply_in_place(input_ids, _f32(scores).copy())
+
+    def apply_in_place(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """`scores` is float32 and the caller's to modify (what `apply_processors` uses: one copy per step)."""
+        if np.shape(input_ids)[-1] < self.min_length:
+            _mask_eos_in_place(scores, self.eos_token_ids)
+        return scores
 
 
 @dataclass(frozen=True)
@@ -177,10 +178,13 @@ class MinNewTokensLength:
                 raise ValueError(f"{name}={value!r} must be a non-negative integer")
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        scores = _f32(scores)
-        if np.shape(input_ids)[-1] - self.prompt_length_to_skip >= self.min_new_tokens:
-            return scores.copy()
-        return _mask_eos(scores, self.eos_token_ids)
+        return self.apply_in_place(input_ids, _f32(scores).copy())
+
+    def apply_in_place(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """`scores` is float32 and the caller's to modify (what `apply_processors` uses: one copy per step)."""
+        if np.shape(input_ids)[-1] - self.prompt_length_to_skip < self.min_new_tokens:
+            _mask_eos_in_place(scores, self.eos_token_ids)
+        return scores
 
 
 @dataclass(frozen=True)
@@ -346,13 +350,12 @@ def apply_processors(processors: Sequence, input_ids: np.ndarray, scores: np.nda
     >>> apply_processors(penalty, np.array([[0, 1]]), np.ones((1, 3), np.float32), rows=np.array([1])).tolist()
     [[0.5, 0.5, 1.0]]
     """
-    scores = _f32(scores)
-    if not processors:
-        return scores.copy()
+    scores = _f32(scores).copy()  # ours from here: processors with `apply_in_place` modify it, the rest copy
     for processor in processors:
         if rows is not None and isinstance(processor, RepetitionPenalty) \
                 and isinstance(processor.prompt_ignore_length, tuple):
             narrowed = tuple(processor.prompt_ignore_length[int(r)] for r in rows)
             processor = RepetitionPenalty(processor.penalty, narrowed)
-        scores = processor(input_ids, scores)
+        in_place = getattr(processor, "apply_in_place", None)
+        scores = in_place(input_ids, scores) if in_place else processor(input_ids, scores)
     return scores

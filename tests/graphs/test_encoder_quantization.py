@@ -47,11 +47,13 @@ def _worst_cosine(fp32, int8) -> Agreement:
 
 def test_guard_keeps_matmuls_float_when_the_target_demands_it(tmp_path):
     src = get_artifact("mpnet", "feature-extraction")
-    target = 0.9995
     plain, plain_manifest = _quantize(src, tmp_path / "plain", min_cosine=None)  # no guard: everything int8
     unguarded = _worst_cosine(src, plain)
     assert plain_manifest["quantization"]["kept"] == []
-    assert unguarded.worst_cosine < target  # so the target below needs the guard
+    assert unguarded.worst_cosine < 0.9999  # int8 everywhere does cost accuracy on this checkpoint
+    # a quarter of plain int8's loss, so the guard has to act: the loss itself moves between machines (0.9989 to
+    # 0.9995 measured), a fixed target near it made this test flaky
+    target = 1 - (1 - unguarded.worst_cosine) / 4
 
     guarded, manifest = _quantize(src, tmp_path / "guarded", min_cosine=target)
     kept = manifest["quantization"]["kept"]
