@@ -176,16 +176,13 @@ def export_transformed(source: str, output: str | Path, options, optimize: str |
 
     output = Path(output)
     if precision:  # refused before the slow export, not after
-        if precision not in PRECISIONS:
-            raise ModelkilnError(f"unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        plan_convert({}, precision, validate=options.validate)  # unknown precision, bf16 with --validate
         if options.dtype != "fp32":
             raise ModelkilnError(f"--precision converts an fp32 export; --dtype {options.dtype} traces in "
                                  f"{options.dtype} instead: use one of them, not both")
         if weights:
             raise ModelkilnError("--precision and --weights do not combine: quantized weights keep float32 "
                                  "activations; pick one")
-        if precision == "bf16" and options.validate:
-            raise ModelkilnError(BF16_VALIDATE)
     check_output(output, options.force)
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.float-", dir=output.parent))

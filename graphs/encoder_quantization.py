@@ -574,9 +574,7 @@ def _split_attention(model: ir.Model) -> int:
 def _tidy(model: ir.Model) -> None:
     from onnx_ir.passes import common as ir_common
 
-    ir_common.RemoveUnusedNodesPass()(model)
-    for name in [n for n, v in model.graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
-        model.graph.initializers.pop(name)
+    ir_common.RemoveUnusedNodesPass()(model)  # unused initializers too
     ir_common.TopologicalSortPass()(model)
 
 

@@ -59,7 +59,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
-from modelkiln.graphs.initializers import add_initializer
+from modelkiln.graphs.initializers import add_initializer, constant_array
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
 
@@ -151,11 +151,6 @@ def _to_low(array: np.ndarray, precision: str) -> tuple[np.ndarray, int]:
     import ml_dtypes  # onnx and onnx_ir depend on it; numpy has no bfloat16
 
     return array.astype(ml_dtypes.bfloat16), 0
-
-
-def _constant_array(value: ir.Value) -> np.ndarray | None:
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
 
 
 def _is_constant(value: ir.Value) -> bool:
@@ -279,9 +274,7 @@ def convert_precision(model: ir.Model, *, precision: str = "fp16",
         if plan.is_float(value) and plan.physical[value] == _LOW:
             value.dtype = low
     casts += _boundary_outputs(graph, plan, low, precision, kv_names)
-    ir_common.RemoveUnusedNodesPass()(model)
-    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
-        graph.initializers.pop(name)
+    ir_common.RemoveUnusedNodesPass()(model)  # unused initializers too
     ir_common.TopologicalSortPass()(model)
     weight_bytes_after = sum(v.const_value.nbytes for v in graph.initializers.values() if v.const_value is not None)
 
@@ -354,7 +347,7 @@ class _Rewriter:
         low_uses = [(n, i) for n, i, p in uses if p == _LOW]
         if not low_uses:
             return
-        converted, clamped = _to_low(_constant_array(value), self.precision)
+        converted, clamped = _to_low(constant_array(value), self.precision)
         self.clamped += clamped
         if len(low_uses) == len(value.uses()) and value.producer() is None:  # only half-precision readers
             value.const_value = ir.tensor(converted, name=value.name)

@@ -6,6 +6,12 @@ import numpy as np
 import onnx_ir as ir
 
 
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant contents (initializer or Constant node) as numpy, else None."""
+    tensor = None if value is None else ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
 def unique_initializer_name(graph: ir.Graph, name: str) -> str:
     """`name`, or `name.1`, `name.2`, ... when it is taken."""
     taken = graph.initializers

@@ -57,9 +57,8 @@ def merge_parallel_matmuls(model: ir.Model) -> dict[str, Any]:
             old.replace_all_uses_with(out)
             graph.remove(node, safe=True)
         merged += 1
-    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
-        graph.initializers.pop(name)
     from onnx_ir.passes import common as ir_common
 
+    ir_common.RemoveUnusedNodesPass()(model)  # the merged weights' old initializers
     ir_common.TopologicalSortPass()(model)
     return {"merged_groups": merged}

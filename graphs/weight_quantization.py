@@ -31,20 +31,13 @@ import numpy as np
 import onnx_ir as ir
 
 from modelkiln.graphs.initializers import add_initializer as _initializer
+from modelkiln.graphs.initializers import constant_array, unique_initializer_name
 from modelkiln.graphs.initializers import shared_initializer as _shared
-from modelkiln.graphs.initializers import unique_initializer_name
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
 
 MS = "com.microsoft"
 _VALID_BLOCKS = (16, 32, 64, 128, 256)
-
-
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
 
 
 @functools.lru_cache(maxsize=8)
@@ -230,7 +223,7 @@ def _tied_pairs(graph: ir.Graph) -> list[tuple[ir.Node, ir.Node, ir.Value]]:
         if gemm.op_type != "Gemm" or len(gemm.inputs) != 2 or not gemm.attributes.get_int("transB", 0):
             continue
         table = gemm.inputs[1]
-        if gemm.attributes.get_int("transA", 0) or _constant(table) is None:
+        if gemm.attributes.get_int("transA", 0) or constant_array(table) is None:
             continue
         gathers = [c for c in table.consumers() if c.op_type == "Gather" and c.inputs[0] is table
                    and c.attributes.get_int("axis", 0) == 0]
@@ -269,7 +262,7 @@ def quantize_matmul_nbits(model: ir.Model, *, bits: int = 4, block_size: int = 3
         return any(p.search(n) for p in patterns for n in names if n)
 
     graph = model.graph
-    targets = [(n, w) for n in graph if n.op_type == "MatMul" and (w := _constant(n.inputs[1])) is not None
+    targets = [(n, w) for n in graph if n.op_type == "MatMul" and (w := constant_array(n.inputs[1])) is not None
                and w.ndim == 2 and w.dtype == np.float32]  # each weight read once
     tied = [] if tied_embedding == "keep" else _tied_pairs(graph)
     if not targets and not tied:
@@ -298,7 +291,7 @@ def quantize_matmul_nbits(model: ir.Model, *, bits: int = 4, block_size: int = 3
         if excluded(gather.name, gemm.name, table.name, "lm_head", "embed_tokens"):
             kept.append(f"{gather.name} + {gemm.name}")
             continue
-        weight = _constant(table)  # [vocab, hidden]: the head's weight, transposed
+        weight = constant_array(table)  # [vocab, hidden]: the head's weight, transposed
         packed = _Packed(graph, table.name, weight.T, table_bits, block_size, table_scheme)
         _replace(graph, gemm, packed.matmul(graph, gemm.inputs[0], table_bits, block_size, accuracy_level,
                                             f"{gemm.name}_Q{table_bits}", before=gemm))
@@ -313,9 +306,8 @@ def quantize_matmul_nbits(model: ir.Model, *, bits: int = 4, block_size: int = 3
         model.opset_imports[MS] = 1
     from onnx_ir.passes import common as ir_common
 
-    ir_common.RemoveUnusedNodesPass()(model)
+    ir_common.RemoveUnusedNodesPass()(model)  # unused initializers too
     ir_common.TopologicalSortPass()(model)
-    _drop_unused_initializers(graph)
     settings = {"weights": f"int{bits}", "scheme": scheme, "block_size": block_size,
                 "accuracy_level": accuracy_level, "tied_bits": table_bits if tied else None,
                 "tied_scheme": table_scheme if tied else None, "rotary_tables": rotary,
@@ -335,13 +327,10 @@ def _rotary_tables_as_float16(graph: ir.Graph) -> str | None:
             continue
         for index in (7, 8):
             table = node.inputs[index]
-            array = _constant(table) if table is not None and table.is_initializer() else None
+            array = constant_array(table) if table is not None and table.is_initializer() else None
             if array is None or array.dtype != np.float32:
                 continue
-            users = list(table.uses())
-            half = _load_time_float(graph, table.name, array, relative=False)
-            for user, slot in users:
-                user.replace_input_with(slot, half)
+            table.replace_all_uses_with(_load_time_float(graph, table.name, array, relative=False))
             converted = "float16"
     return converted
 
@@ -358,8 +347,3 @@ def _replace(graph: ir.Graph, old: ir.Node, new: ir.Value) -> None:
         graph.outputs[index] = new
     output.replace_all_uses_with(new)
     graph.remove(old, safe=True)
-
-
-def _drop_unused_initializers(graph: ir.Graph) -> None:
-    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
-        graph.initializers.pop(name)
