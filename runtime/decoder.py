@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from modelkiln.runtime.artifact import Artifact
-from modelkiln.runtime.errors import ArtifactError
+from modelkiln.runtime.errors import ArtifactError, ModelkilnError
 from modelkiln.runtime.session import create_session
 
 BF16_DECODER = ("this artifact is bf16: onnxruntime's CPU provider has no bf16 kernels, and this runtime keeps the KV "
@@ -55,45 +55,85 @@ class KVCacheSpec:
 
 class KVBuffers:
     """A preallocated in-place cache: one [b, kv_heads, capacity, head_dim] OrtValue per past/present pair, and
-    the IOBinding that binds each as both input and output (bound once, reused by every decode step)."""
+    the IOBinding that binds each as both input and output (bound once, reused by every decode step). It also
+    holds the rows' attention mask at the full capacity width (zeros past `width`): a fused graph reads the mask
+    only as each row's length (`sum - 1`, GroupQueryAttention's seqlens_k) and its width (the op's
+    total_sequence_length, which sizes the present buffer: the capacity it already has), so one buffer bound once
+    serves every step, and `select_rows` carries the lengths along with the rows."""
 
-    def __init__(self, lm: DecoderLM, values: list[ort.OrtValue], step_logits: np.ndarray | None = None):
+    def __init__(self, lm: DecoderLM, values: list[ort.OrtValue], step_logits: np.ndarray | None = None,
+                 mask: np.ndarray | None = None):
         self.values = values
         self.binding = lm.session.io_binding()
         self.binding.bind_output("logits")  # first: outputs come back in binding order
         for name, out, value in zip(lm.past_names, lm.output_names[1:], values):
             self.binding.bind_ortvalue_input(name, value)
             self.binding.bind_ortvalue_output(out, value)
+        rows, _, capacity, _ = values[0].shape()
+        self.mask = np.zeros((rows, capacity), np.int64)
+        self.width = 0 if mask is None else mask.shape[1]
+        if mask is not None:
+            self.mask[:, :self.width] = mask
         self.step_logits = None  # [b, 1, V], bound as the output of every one-token step
-        self.step_inputs: dict[str, np.ndarray] = {}  # input_ids, position_ids [b, 1], bound while steps are one token
-        self._keep: list[ort.OrtValue] = []  # the OrtValues over those buffers, alive while bound
+        self._step_ids = np.empty((rows, 1), np.int64)
+        self._step_values: list[ort.OrtValue] = []  # OrtValues over the step buffers while they are bound
         if step_logits is not None:
             self._bind_step_logits(step_logits)
 
     def _bind_step_logits(self, buffer: np.ndarray) -> None:
         self.step_logits = buffer
+        self.next_logits = buffer[:, 0, :]  # [b, V] view: what `decode` returns
         self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(buffer))
 
+    def decode(self, session: ort.InferenceSession, tokens: np.ndarray,
+               attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """One more token per row (tokens [b]) → logits [b, V]. `attention_mask` [b, past + 1], or None: every
+        row one token longer than at the last step (the generation loop's case: one column set, nothing copied).
+
+        After the first one-token step nothing is bound per step: the ids, the positions and the mask are
+        buffers bound once, the logits go into the [b, 1, V] buffer bound once (reading ORT's outputs back would
+        wrap all 61 bound values). The returned [b, V] view of it is valid until the next step on this cache:
+        callers consume each step's logits first. position_ids stays bound as zeros: a fused graph counts
+        positions from the mask.
+
+        subtle: each numpy call here costs 10-40 µs, not 1 µs, because the step has just streamed the weights
+        through the caches; binding a new mask per step alone cost ~0.1 ms."""
+        if attention_mask is None:
+            if self.width >= self.mask.shape[1]:
+                raise ModelkilnError(f"the KV cache holds {self.mask.shape[1]} positions and is full")
+            self.mask[:, self.width] = 1
+            self.width += 1
+        else:
+            width = attention_mask.shape[1]
+            if width < self.width:
+                self.mask[:, width:] = 0
+            self.mask[:, :width] = attention_mask
+            self.width = width
+        if self.step_logits is None:  # rows changed (select_rows): one step with logits ORT allocates
+            return self.run(session, {"input_ids": tokens[:, None], "attention_mask": self.mask[:, :self.width],
+                                      "position_ids": np.zeros((len(tokens), 1), np.int64)})[:, -1, :]
+        if not self._step_values:
+            arrays = {"input_ids": self._step_ids, "position_ids": np.zeros_like(self._step_ids),
+                      "attention_mask": self.mask}
+            self._step_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+            for name, value in zip(arrays, self._step_values):
+                self.binding.bind_ortvalue_input(name, value)
+        self._step_ids[:, 0] = tokens
+        session.run_with_iobinding(self.binding)
+        return self.next_logits
+
     def run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One step over this cache. One-token steps (after the first step) write their logits into a buffer bound
-        once (reading ORT's outputs back would wrap all 61 bound values, ~0.3 ms a step), and their ids and
-        positions into [b, 1] buffers bound once: only the growing mask is bound per step. The returned array is
-        the logits buffer, valid until the next step on this cache — callers consume each step's logits first."""
+        """Any step over this cache (the prefill, several tokens, the first step after `select_rows` changed the
+        batch): binds every input and lets ORT allocate the logits, then binds a [b, 1, V] buffer for the
+        one-token steps that follow (`decode`)."""
         binding = self.binding
-        if feeds["input_ids"].shape[1] == 1 and self.step_logits is not None:
-            if not self.step_inputs:
-                self.step_inputs = {name: np.empty_like(feeds[name]) for name in ("input_ids", "position_ids")}
-                self._keep = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.step_inputs.values()]
-                for name, value in zip(self.step_inputs, self._keep):
-                    binding.bind_ortvalue_input(name, value)
-            for name, buffer in self.step_inputs.items():
-                buffer[...] = feeds[name]
-            binding.bind_cpu_input("attention_mask", feeds["attention_mask"])
-            session.run_with_iobinding(binding)
-            return self.step_logits
-        self.step_inputs = {}
+        mask = feeds["attention_mask"]
+        self.mask[:, mask.shape[1]:] = 0
+        self.mask[:, :mask.shape[1]] = mask
+        self.width = mask.shape[1]
+        self._step_values = []
         for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
         binding.bind_output("logits")  # ORT allocates it for this step's shape
         session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
@@ -150,6 +190,8 @@ class DecoderLM:
         one cost ~1.4 ms per step on a 30-layer model in Python calls alone; this returns them in one call. The
         in-place cache binds its buffers once per request instead.
         """
+        if isinstance(cache, KVBuffers) and cache.step_logits is not None and input_ids.shape[1] == 1:
+            return cache.decode(self.session, input_ids[:, 0], attention_mask)[:, None, :], cache
         shift = self._right_align_shift(attention_mask, input_ids.shape[1])
         if shift is not None:
             input_ids = _roll_rows(input_ids, -shift, axis=1)
@@ -190,7 +232,8 @@ class DecoderLM:
         if not isinstance(cache, KVBuffers):
             return gathered
         same_rows = cache.step_logits is not None and len(rows) == len(cache.step_logits)
-        return KVBuffers(self, gathered, cache.step_logits if same_rows else None)  # beams keep their logits buffer
+        return KVBuffers(self, gathered, cache.step_logits if same_rows else None,  # beams keep their logits buffer
+                         mask=cache.mask[rows, :cache.width])
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
                 cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -17,10 +17,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from modelkiln.runtime.beam_search import beam_search
-from modelkiln.runtime.decoder import DecoderLM
+from modelkiln.runtime.decoder import DecoderLM, KVBuffers
 from modelkiln.runtime.errors import ModelkilnError
 from modelkiln.runtime.generation_config import GenerationConfig
-from modelkiln.runtime.logits_process import apply_processors, build_logits_processors, softmax
+from modelkiln.runtime.logits_process import (
+    apply_processors,
+    build_logits_processors,
+    greedy_after_processors,
+    softmax,
+)
 from modelkiln.runtime.sampling import greedy, sample
 
 # on_token(rows, tokens): called after each step with the original row indices still running and their new tokens
@@ -47,6 +52,8 @@ def decode_one_token(lm: DecoderLM, tokens: np.ndarray, attention_mask: np.ndarr
                      positions: np.ndarray | None = None):
     """tokens [b] at the position after `cache`; attention_mask [b, past + 1] → logits [b, V], grown cache.
     `positions` [b, 1]: the tokens' positions when the caller tracks them (else counted from the mask)."""
+    if isinstance(cache, KVBuffers) and cache.step_logits is not None:  # the fused graph's steps: nothing to copy
+        return cache.decode(lm.session, tokens, attention_mask), cache
     if positions is None:
         positions = attention_mask.sum(axis=-1, keepdims=True) - 1  # [b, 1]
     logits, cache = lm.step(tokens[:, None], attention_mask, positions, cache)
@@ -82,46 +89,61 @@ def generate(lm: DecoderLM, input_ids: np.ndarray, attention_mask: np.ndarray, c
 
 def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, on_token, stop) -> np.ndarray:
     """Greedy or sampling. Per step, Python does only O(rows) work besides the processors: the ids, the mask and
-    the positions live in buffers sized prompt + max_new_tokens, filled in place (no per-step concatenation)."""
+    the positions live in buffers sized prompt + max_new_tokens, filled in place (no per-step concatenation).
+
+    subtle: every numpy call here costs ~5-15 µs, not the ~1 µs it costs in a microbenchmark, because each step
+    streams the weights through the caches and evicts numpy's and the interpreter's own code and data; so the
+    step does as few calls as it can (greedy skips the processors' copy of the scores, EOS is checked on a Python
+    list, all-rows-active steps use plain slices, a fused graph's step copies only the ids and the mask)."""
     rows, prompt = input_ids.shape
-    eos = np.array(config.eos_ids, dtype=np.int64)
+    eos = set(config.eos_ids)
     pad = config.effective_pad_token_id
     processors = build_logits_processors(config, prompt, attention_mask)
     width = prompt + config.max_new_tokens
-    sequences = np.zeros((rows, width), np.int64)  # processors see prompt + generated so far: sequences[:, :t]
+    # prompt + generated so far (processors see sequences[:, :t]); a finished row's tail gets the padding
+    sequences = np.zeros((rows, width), np.int64)
     sequences[:, :prompt] = input_ids
     masks = np.ones((rows, width), np.int64)  # the active rows' masks: masks[:, :t]
     masks[:, :prompt] = attention_mask
     positions = attention_mask.sum(axis=-1, keepdims=True).astype(np.int64)  # [a, 1] the next token's position
-    out = np.full((rows, config.max_new_tokens), pad if pad is not None else 0, dtype=np.int64)
     active = np.arange(rows)  # original row index of each row the graph still runs
     logits, cache = prefill(lm, input_ids, attention_mask, capacity=width)
+    in_place = isinstance(cache, KVBuffers)  # a fused graph's cache: it tracks the rows' lengths itself
     produced = 0
     for step in range(config.max_new_tokens):
         length = prompt + step
+        full = len(active) == rows
         if processors:
-            seen = sequences[:, :length] if len(active) == rows else sequences[active, :length]
-            scores = apply_processors(processors, seen, logits, rows=active)  # [a, V]
+            seen = sequences[:, :length] if full else sequences[active, :length]
+        if config.do_sample:
+            scores = apply_processors(processors, seen, logits, rows=active) if processors else logits  # [a, V]
+            tokens = sample(softmax(scores), rng)  # [a]
         else:
-            scores = logits
-        tokens = sample(softmax(scores), rng) if config.do_sample else greedy(scores)  # [a]
-        out[active, step] = tokens
-        sequences[active, length] = tokens
+            tokens = greedy_after_processors(processors, seen, logits, rows=active) if processors else greedy(logits)
+        if full:
+            sequences[:, length] = tokens
+        else:
+            sequences[active, length] = tokens
         produced = step + 1
         if on_token is not None:
             on_token(active, tokens)
-        done = (tokens[:, None] == eos).any(axis=1)  # [a]; np.isin costs 0.1 ms per call at this size
+        finished = [i for i, token in enumerate(tokens.tolist()) if token in eos] if eos else []
         if stop is not None:
-            done |= stop(active, out[active, :step + 1])
-        if step == config.max_new_tokens - 1 or done.all():
+            finished = sorted(set(finished).union(np.flatnonzero(stop(active, sequences[active, prompt:length + 1]))
+                                                  .tolist()))
+        if step == config.max_new_tokens - 1 or len(finished) == len(active):
             break
-        if done.any():  # drop finished rows: they stop costing work (their output is already padded)
-            keep = np.flatnonzero(~done)
+        if finished:  # drop finished rows: they stop costing work; their tails get the padding now
+            sequences[active[finished], length + 1:] = pad if pad is not None else 0
+            keep = np.setdiff1d(np.arange(len(active)), finished)
             active, tokens, masks, positions = active[keep], tokens[keep], masks[keep], positions[keep]
             cache = lm.select_rows(cache, keep)
-        logits, cache = decode_one_token(lm, tokens, masks[:, :length + 1], cache, positions)
-        positions += 1
-    return out[:, :produced]
+        if in_place:
+            logits = cache.decode(lm.session, tokens)
+        else:
+            logits, cache = decode_one_token(lm, tokens, masks[:, :length + 1], cache, positions)
+            positions += 1
+    return sequences[:, prompt:prompt + produced]
 
 
 def _beam_generate(lm, input_ids, attention_mask, config, rng, context_length, stop) -> np.ndarray:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modelkiln.runtime.generation_config import GenerationConfig
+from modelkiln.runtime.sampling import greedy
 
 NEG_INF = float("-inf")
 
@@ -158,6 +159,10 @@ class MinLength:
             _mask_eos_in_place(scores, self.eos_token_ids)
         return scores
 
+    def banned_ids(self, input_ids: np.ndarray) -> tuple[int, ...]:
+        """The ids this step sets to -inf, in every row (see `greedy_after_processors`)."""
+        return self.eos_token_ids if input_ids.shape[-1] < self.min_length else ()
+
 
 @dataclass(frozen=True)
 class MinNewTokensLength:
@@ -185,6 +190,10 @@ class MinNewTokensLength:
         if np.shape(input_ids)[-1] - self.prompt_length_to_skip < self.min_new_tokens:
             _mask_eos_in_place(scores, self.eos_token_ids)
         return scores
+
+    def banned_ids(self, input_ids: np.ndarray) -> tuple[int, ...]:
+        """The ids this step sets to -inf, in every row (see `greedy_after_processors`)."""
+        return self.eos_token_ids if input_ids.shape[-1] - self.prompt_length_to_skip < self.min_new_tokens else ()
 
 
 @dataclass(frozen=True)
@@ -337,6 +346,28 @@ def build_logits_processors(config: GenerationConfig, prompt_length: int,
         if config.min_p is not None:
             processors.append(MinP(float(config.min_p), min_tokens_to_keep=keep))
     return processors
+
+
+def greedy_after_processors(processors: Sequence, input_ids: np.ndarray, scores: np.ndarray,
+                            rows: np.ndarray | None = None) -> np.ndarray:
+    """`greedy(apply_processors(...))` [b] int64, without copying the scores when every processor only bans ids
+    (`banned_ids`: the min-length ones): the argmax of the raw scores is the answer unless it lands on a banned id
+    — banning only lowers other scores, so an argmax that is not banned stays the first maximum — and only then do
+    the processors run. Saves a copy of [b, V] and a pass over it per step (~0.1 ms on a cold cache).
+
+    >>> greedy_after_processors([MinLength(5, (2,))], np.zeros((1, 3), np.int64), np.array([[0., 1., 2.]])).tolist()
+    [1]
+    """
+    banned: set[int] = set()
+    for processor in processors:
+        ids = getattr(processor, "banned_ids", None)
+        if ids is None:
+            return greedy(apply_processors(processors, input_ids, scores, rows))
+        banned.update(ids(input_ids))
+    tokens = greedy(scores)
+    if banned and not banned.isdisjoint(tokens.tolist()):
+        return greedy(apply_processors(processors, input_ids, scores, rows))
+    return tokens
 
 
 def apply_processors(processors: Sequence, input_ids: np.ndarray, scores: np.ndarray,

@@ -17,7 +17,7 @@ import numpy as np
 
 def greedy(scores: np.ndarray) -> np.ndarray:
     """[b, V] -> [b] int64 argmax; ties pick the lowest id, like torch.argmax. [[1., 3., 3.]] -> [1]"""
-    return np.argmax(scores, axis=-1).astype(np.int64)
+    return np.argmax(scores, axis=-1)  # intp: int64 on every 64-bit platform numpy 2 supports
 
 
 def _pick(cdf: np.ndarray, probs: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -267,5 +267,30 @@ def test_dropping_finished_rows_keeps_per_row_state(kwargs):
         np.testing.assert_array_equal(got, full[rows])
 
 
+@pytest.mark.parametrize("seed,batch,vocab", CASES)
+def test_greedy_after_processors_equals_argmax_of_the_processed_scores(seed, batch, vocab):
+    """The no-copy greedy path (argmax of the raw scores unless it lands on a banned id) picks exactly what
+    greedy(apply_processors(...)) picks, also when EOS is the raw argmax, on ties and on -inf/NaN scores; with a
+    processor that is not a pure ban (repetition penalty) it runs them all."""
+    from modelkiln.runtime.sampling import greedy
+
+    rng = np.random.default_rng(seed)
+    for trial, cur_len in itertools.product(range(6), (3, 5, 8)):
+        scores = _scores(rng, batch, vocab, ties=trial % 2 == 1)
+        winners = np.argmax(scores, axis=-1)
+        eos = (int(winners[0]), vocab + 3) if trial < 3 else (int(rng.integers(vocab)),)  # EOS the raw argmax
+        if trial == 5:
+            scores[0, winners[0]] = np.nan
+        ids = _ids(rng, batch, cur_len, vocab)
+        for config in (GenerationConfig(min_new_tokens=4, eos_token_id=list(eos)),
+                       GenerationConfig(min_length=6, min_new_tokens=2, eos_token_id=list(eos)),
+                       GenerationConfig(min_new_tokens=4, repetition_penalty=1.3, eos_token_id=list(eos))):
+            processors = lp.build_logits_processors(config, 2)
+            before = scores.copy()
+            got = lp.greedy_after_processors(processors, ids, scores)
+            np.testing.assert_array_equal(scores, before)  # the caller's scores stay untouched
+            np.testing.assert_array_equal(got, greedy(lp.apply_processors(processors, ids, scores)))
+
+
 def test_docstring_examples():
     assert doctest.testmod(lp, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
