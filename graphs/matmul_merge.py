@@ -3,7 +3,8 @@
 q/k/v projections (and gate/up in gated MLPs) each read the normed hidden state: three small matrix-vector
 products per layer at decode time, each paying a kernel launch and a pass over the activation. Concatenating
 their weights along N gives one [K, N1+N2+...] MatMul and a Split; the arithmetic is identical column by column,
-and block-wise weight quantization after it stays identical too (its blocks run along K, per column).
+and block-wise weight quantization after it stays identical too (its blocks run along K, per column). A fused
+graph's q/k/v Split goes too: GroupQueryAttention reads the packed projection itself.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def merge_parallel_matmuls(model: ir.Model) -> dict[str, Any]:
         if w is not None:
             groups.setdefault(id(node.inputs[0]), []).append(node)
             activations[id(node.inputs[0])] = node.inputs[0]
-    merged = 0
+    merged = packed = 0
     for key, nodes in groups.items():
         weights = [_weight(n) for n in nodes]
         if len(nodes) < 2 or len({(w.shape[0], w.dtype) for w in weights}) != 1:
@@ -57,8 +58,28 @@ def merge_parallel_matmuls(model: ir.Model) -> dict[str, Any]:
             old.replace_all_uses_with(out)
             graph.remove(node, safe=True)
         merged += 1
+        packed += _pack_into_attention(graph, split)
     from onnx_ir.passes import common as ir_common
 
     ir_common.RemoveUnusedNodesPass()(model)  # the merged weights' old initializers
     ir_common.TopologicalSortPass()(model)
-    return {"merged_groups": merged}
+    return {"merged_groups": merged, "packed_qkv": packed}
+
+
+def _pack_into_attention(graph: ir.Graph, split: ir.Node) -> int:
+    """A Split whose three outputs are exactly a GroupQueryAttention's query, key and value: the op takes the
+    packed [b, s, (heads + 2 kv_heads) · head_dim] projection as its query with key and value left empty, so the
+    Split (a copy of q, k and v per layer and step) goes. Returns 1 when it did."""
+    outputs = list(split.outputs)
+    if len(outputs) != 3 or any(len(out.uses()) != 1 or out.is_graph_output() for out in outputs):
+        return 0
+    uses = [next(iter(out.uses())) for out in outputs]
+    attention = uses[0].node
+    if attention.op_type != "GroupQueryAttention" or attention.domain != "com.microsoft" \
+            or [(u.node, u.idx) for u in uses] != [(attention, 0), (attention, 1), (attention, 2)]:
+        return 0
+    attention.replace_input_with(0, split.inputs[0])
+    attention.replace_input_with(1, None)
+    attention.replace_input_with(2, None)
+    graph.remove(split, safe=True)
+    return 1
