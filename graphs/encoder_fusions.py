@@ -9,7 +9,8 @@ Per layer of all-MiniLM-L6-v2 (the dynamo export, eager attention with an additi
     before  MatMul+Add x3, Reshape/Transpose x4, MatMul, Mul(scale), Add(mask), Softmax, MatMul, ...   (~50 nodes)
             MatMul, Add(bias), Add(residual), LayerNormalization; MatMul, Add, Div, Erf, Add, Mul, Mul; ...
     after   Attention(x, W_qkv, b_qkv, attention_bias=mask)        (com.microsoft, one packed QKV weight)
-            MatMul, Sum(y, residual, bias), LayerNormalization; MatMul, BiasGelu; MatMul, Sum, LayerNormalization
+            MatMul, Add(Add(y, bias), residual), LayerNormalization; MatMul, BiasGelu; MatMul, Add, Add, LayerNorm
+            (a [CLS] head's last layer: for token 0 alone, its attention with one query, `_first_token_only`)
 
 The pattern work is onnxscript's `optimize_for_ort` (SDPA -> MultiHeadAttention -> Attention, SkipLayerNorm,
 BiasGelu, Gelu): it matches our dynamo graphs, while onnxruntime's `transformers.optimizer` (written for the
@@ -18,8 +19,8 @@ What it leaves for us: the packed QKV weight is a `Concat` of three initializers
 after the layer, so ORT does not concatenate at every session start and the int8 pass sees a plain weight), the
 BERT embedding sum + LayerNorm (fused here into EmbedLayerNormalization when the positions are 0..S-1), the
 residual + LayerNorm (SkipLayerNormalization is slower than what it replaces on onnxruntime 1.31's CPU kernels,
-see `_unfuse_skip_layer_norm`; `skip_layer_norm=True` keeps it), and the graph's I/O shapes, which shape
-inference may rewrite (restored: the manifest's signature must not change).
+see `_unfuse_skip_layer_norm` and `residual_adds`; `skip_layer_norm=True` keeps it), and the graph's I/O shapes,
+which shape inference may rewrite (restored: the manifest's signature must not change).
 
 Measured (all-MiniLM-L6-v2, one thread, CPU time of the graph, median): batch 32 x 20 tokens 151 -> 127 ms,
 batch 32 x 128 tokens 1149 -> 930 ms, batch 1 x 20 tokens 7.4 -> 6.7 ms.
@@ -38,6 +39,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
 from modelkiln.graphs.initializers import add_initializer as _new_initializer
+from modelkiln.graphs.initializers import shared_initializer
 from modelkiln.graphs.initializers import unique_initializer_name as _unique
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
@@ -49,11 +51,13 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "Embed
 
 @register_pass("fuse_encoder")
 def fuse_encoder(model: ir.Model, *, embed_layer_norm: bool = True, skip_layer_norm: bool = False,
-                 context: PassContext | None = None) -> dict[str, Any]:
+                 first_token_only: bool = True, context: PassContext | None = None) -> dict[str, Any]:
     """Fuse in place; returns {op: count} for each fused op present, plus what is left unfused.
 
-    `skip_layer_norm=False` (the default) writes residual + LayerNorm as Sum + LayerNormalization instead of
-    SkipLayerNormalization: see `_unfuse_skip_layer_norm` for the measurement."""
+    `skip_layer_norm=False` (the default) writes residual + LayerNorm as Adds + LayerNormalization instead of
+    SkipLayerNormalization: see `_unfuse_skip_layer_norm` and `residual_adds` for the measurements.
+    `first_token_only`: a head that reads only the first token ([CLS] pooling) gets the last layer computed for that
+    token alone (`_first_token_only`)."""
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     task = (context.manifest.get("task") if context is not None else None) or "feature-extraction"
@@ -68,6 +72,10 @@ def fuse_encoder(model: ir.Model, *, embed_layer_norm: bool = True, skip_layer_n
     folded = _fold_packed_weights(model)
     embed = _fuse_embed_layer_norm(model) if embed_layer_norm else 0
     residual_sums = 0 if skip_layer_norm else _unfuse_skip_layer_norm(model)
+    ir_common.TopologicalSortPass()(model)
+    first_token = _first_token_only(model) if first_token_only else 0
+    if not skip_layer_norm:
+        residual_adds(model)
     ir_common.RemoveUnusedNodesPass()(model)
     ir_common.TopologicalSortPass()(model)
     _restore_io(model, shapes)
@@ -76,8 +84,9 @@ def fuse_encoder(model: ir.Model, *, embed_layer_norm: bool = True, skip_layer_n
     assert embed == counts["EmbedLayerNormalization"]
     # what did not fuse: a Softmax left means an attention pattern onnxscript did not recognize (DeBERTa, MPNet)
     result["unfused_attention_softmax"] = sum(node.op_type == "Softmax" for node in model.graph)
-    result["residual_sum_layer_norm"] = residual_sums  # SkipLayerNormalization written as Sum + LayerNormalization
+    result["residual_sum_layer_norm"] = residual_sums  # SkipLayerNormalization written as Adds + LayerNormalization
     result["packed_weights_folded"] = folded
+    result["first_token_only_nodes"] = first_token
     result["rules"] = {name: n for name, n in rule_counts.items() if n}
     return result
 
@@ -152,8 +161,9 @@ def _unfuse_skip_layer_norm(model: ir.Model) -> int:
     Why: onnxruntime 1.31's CPU SkipLayerNormalization kernel is 3-5x slower than Add + LayerNormalization
     (measured here on [32, 128, 384] fp32: 8.8 ms vs 1.7 ms on one thread, 4.4 vs 1.4 ms on two; on
     all-MiniLM-L6-v2 at batch 32 x 128 tokens its 12 calls were 18% of the int8 graph's time), and onnxruntime
-    fuses Add + LayerNormalization into it itself when a session loads. It does not fuse `Sum`, which
-    computes the same residual sum in one pass.
+    fuses Add + LayerNormalization into it itself when a session loads. It does not fuse `Sum`, the form the
+    passes edit; `residual_adds` writes the Sums as Adds at the end (faster still), and the runtime turns the
+    fusion off for encoder sessions.
     """
     graph = model.graph
     count = 0
@@ -187,6 +197,65 @@ def _unfuse_skip_layer_norm(model: ir.Model) -> int:
     return count
 
 
+def residual_adds(model: ir.Model) -> int:
+    """Each residual `Sum` that only LayerNormalizations read -> a chain of Adds, the bias first:
+    Sum(y, residual, bias) -> Add(Add(y, bias), residual) (eager's order), LayerNormalization unchanged.
+
+    Why: onnxruntime's `Sum` kernel is 2-3x slower than two `Add`s on these shapes (MiniLM [32, 20, 384], three
+    inputs: 0.15 vs 0.05 ms; the 12 sums were 3.4 ms of the fused fp32 graph at batch 32). The Adds are written
+    this way only because the runtime turns off onnxruntime's SkipLayerNormFusion (runtime/encoder.py
+    `DISABLED_OPTIMIZERS`), which would otherwise fuse them into the slower SkipLayerNormalization
+    (`_unfuse_skip_layer_norm`). Passes that edit residual sums work on the `Sum` form (`residual_sums`)."""
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Sum" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            continue
+        out = node.outputs[0]
+        readers = [use.node for use in out.uses()]
+        if out.is_graph_output() or not readers or any(
+                r.op_type != "LayerNormalization" or r.domain not in ("", "ai.onnx") for r in readers):
+            continue
+        terms = list(node.inputs)
+        constants = [v for v in terms if v is not None and v.const_value is not None]
+        full = [v for v in terms if v not in constants]
+        if not full or any(v is None for v in terms):
+            continue
+        order = [full[0], *constants, *full[1:]]
+        total = order[0]
+        for term in order[1:]:
+            add = ir.node("Add", [total, term])
+            graph.insert_before(node, add)
+            total = add.outputs[0]
+        out.replace_all_uses_with(total)
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def residual_sums(model: ir.Model) -> int:
+    """The inverse of `residual_adds`: every Add tree that only a LayerNormalization reads -> one `Sum` of its terms
+    (Add(Add(y, bias), residual) -> Sum(y, bias, residual)), the form the int8 pass edits (it moves the bias into
+    the int8 MatMul and adds routed terms as more inputs)."""
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        add = _producer(node.inputs[0], "Add")
+        if add is None or len(add.outputs[0].uses()) != 1 or add.outputs[0].is_graph_output():
+            continue
+        terms = _sum_terms(node.inputs[0])
+        if terms is None or any(t is None for t in terms):
+            continue
+        total = ir.node("Sum", terms)
+        graph.insert_before(node, total)
+        node.replace_input_with(0, total.outputs[0])
+        count += 1
+    ir_common.RemoveUnusedNodesPass()(model)
+    return count
+
+
 def _replace(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     """old.replace_all_uses_with(new), and when old is a graph output, new takes its place and its name."""
     if old.is_graph_output():
@@ -196,6 +265,169 @@ def _replace(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
         new.name, new.shape, new.dtype = name, shape, dtype
         graph.outputs[index] = new
     old.replace_all_uses_with(new)
+
+
+# ---------------------------------------------------------------------------------------------- first token
+
+ROWWISE_OPS = {("", "Add"), ("", "Sub"), ("", "Mul"), ("", "Div"), ("", "Sum"), ("", "Tanh"), ("", "Relu"),
+               ("", "Erf"), ("", "Sigmoid"), ("", "Gelu"), (MS_DOMAIN, "Gelu"), (MS_DOMAIN, "BiasGelu"),
+               (MS_DOMAIN, "FastGelu")}
+
+
+def _first_token_only(model: ir.Model) -> int:
+    """A head that reads only token 0 of the last hidden states (`Gather(h, 0, axis=1)`: BERT's pooler, the
+    [CLS] classifier of RoBERTa, DistilBERT, ELECTRA, DeBERTa) -> everything after the last attention computed
+    for that token alone, and the last attention with one query:
+
+        Attention(x, W_qkv, b, mask) -> MatMul -> Add -> LayerNorm -> FFN -> Add -> LayerNorm -> Gather(0)
+     => MultiHeadAttention(x[:, :1]·W_q, x·W_k, x·W_v, b, mask[:, :, :1]) -> ... on [batch, 1, hidden] -> Gather(0)
+
+    Exact: every op on the way is row-wise (the same per token), and the keys and values still see every token.
+    all-MiniLM-L6-v2's classifier: 10 of the last layer's 12 [tokens, 384]-sized weight products are gone, ~14% of
+    the graph's multiply-adds. Where the last attention is not a fused `Attention` (DeBERTa's, MPNet's), the
+    rewrite stops at its output projection. Returns the number of nodes moved to one token."""
+    graph = model.graph
+    moved = 0
+    for gather in list(graph):
+        if gather.op_type != "Gather" or gather.domain not in ("", "ai.onnx") or gather.attributes.get_int(
+                "axis", 0) != 1:
+            continue
+        hidden, index = gather.inputs
+        if (index is None or index.const_value is None or index.const_value.numpy().shape != ()
+                or int(index.const_value.numpy()) != 0 or hidden is None or _rank(hidden) != 3):
+            continue
+        region = _first_token_region(graph, gather)
+        if region:
+            _rewrite_first_token(graph, gather, region)
+            moved += len(region)
+    return moved
+
+
+def _rowwise(node: ir.Node) -> bool:
+    if len(node.outputs) != 1 or node.outputs[0].is_graph_output():
+        return False
+    if (node.domain or "", node.op_type) in ROWWISE_OPS:
+        return all(v is not None for v in node.inputs)
+    if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx"):
+        return node.attributes.get_int("axis", -1) in (-1, 2) and all(
+            v is not None and v.const_value is not None for v in node.inputs[1:])
+    if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+        weight = node.inputs[1]
+        return weight is not None and weight.const_value is not None and len(weight.shape) == 2
+    return False
+
+
+def _one_query_attention(node: ir.Node) -> bool:
+    """A fused self-attention `_rewrite_first_token` can give one query (what `_split_attention` of the int8 pass
+    takes too): packed constant weight, an additive mask or none, no past, not causal, no rotary."""
+    if node.op_type != "Attention" or node.domain != MS_DOMAIN:
+        return False
+    inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+    weight, mask_index, past = inputs[1], inputs[3], inputs[4]
+    attrs = node.attributes
+    sizes = attrs.get_ints("qkv_hidden_sizes", None)
+    return (mask_index is None and past is None and len(node.inputs) <= 6 and not attrs.get_int("unidirectional", 0)
+            and not attrs.get_int("do_rotary", 0) and weight is not None and weight.const_value is not None
+            and weight.shape[1] % 3 == 0 and (sizes is None or len(set(sizes)) == 1)
+            and not any(o.uses() or o.is_graph_output() for o in node.outputs[1:]))
+
+
+def _first_token_region(graph: ir.Graph, gather: ir.Node) -> list[ir.Node]:
+    """The nodes above `gather` whose outputs only it (and others of them) read, row-wise ones up to and including
+    the last attention, in graph order."""
+    position = {node: i for i, node in enumerate(graph)}
+    region: set[ir.Node] = set()
+    members = {gather}
+    heap = [gather.inputs[0].producer()]
+    while heap:  # latest node first: every reader of a node is decided before the node is
+        heap.sort(key=lambda n: position.get(n, -1))
+        node = heap.pop()
+        if node is None or node in members:
+            continue
+        if not (_rowwise(node) or _one_query_attention(node)):
+            continue
+        if any(use.node not in members or use.node.op_type == "Attention" for use in node.outputs[0].uses()):
+            continue  # (an attention's input stays whole: its keys and values read every token)
+        if node.op_type == "Attention":
+            members.add(node)
+            region.add(node)
+            continue
+        tokens = [v for v in node.inputs if v is not None and v.const_value is None]
+        if any(_rank(v) != 3 for v in tokens):  # (each is sliced to token 0 on axis 1, or computed for it)
+            continue
+        members.add(node)
+        region.add(node)
+        heap += [v.producer() for v in tokens if v.producer() is not None]
+    return sorted(region, key=position.get)
+
+
+def _rewrite_first_token(graph: ir.Graph, gather: ir.Node, region: list[ir.Node]) -> None:
+    first: dict[ir.Value, ir.Value] = {}  # value [batch, sequence, ...] -> its token 0 [batch, 1, ...]
+    zero = shared_initializer(graph, "modelkiln_first_token_start", np.array([0], dtype=np.int64))
+    one = shared_initializer(graph, "modelkiln_first_token_end", np.array([1], dtype=np.int64))
+
+    def token0(value: ir.Value, before: ir.Node, axis: int = 1) -> ir.Value:
+        if value.producer() in members:
+            return first[value]
+        key = (value, axis)
+        if key not in sliced:
+            axes = shared_initializer(graph, f"modelkiln_first_token_axis_{axis}", np.array([axis], dtype=np.int64))
+            node = ir.node("Slice", [value, zero, one, axes])
+            graph.insert_before(before, node)
+            sliced[key] = node.outputs[0]
+        return sliced[key]
+
+    members = set(region)
+    sliced: dict[tuple[ir.Value, int], ir.Value] = {}
+    for node in region:
+        if node.op_type == "Attention":
+            inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+            x, weight, bias, mask = inputs[0], inputs[1], inputs[2], inputs[5]
+            w = weight.const_value.numpy()
+            hidden = w.shape[1] // 3
+            base = weight.name.removesuffix(".weight").removesuffix(".qkv")
+            query = token0(x, node)
+            projections = [ir.node("MatMul", [source, _new_initializer(
+                graph, f"{base}.{part}.weight", np.ascontiguousarray(w[:, i * hidden:(i + 1) * hidden]))],
+                name=f"{node.name}_{part}") for i, (part, source) in enumerate(
+                    (("query", query), ("key", x), ("value", x)))]
+            attrs: dict[str, Any] = {"num_heads": node.attributes.get_int("num_heads")}
+            for name in ("scale", "mask_filter_value"):
+                if name in node.attributes:
+                    attrs[name] = node.attributes.get_float(name)
+            mask_row = token0(mask, node, axis=2) if mask is not None else None
+            new = ir.node("MultiHeadAttention", [*(p.outputs[0] for p in projections), bias, None, mask_row],
+                          attributes=attrs, domain=MS_DOMAIN, name=f"{node.name}_first_token")
+            for added in (*projections, new):
+                graph.insert_before(node, added)
+        else:
+            inputs = [v if v.const_value is not None else token0(v, node) for v in node.inputs]
+            new = ir.Node(node.domain, node.op_type, inputs,
+                          attributes=[ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()],
+                          name=f"{node.name}_first_token")
+            graph.insert_before(node, new)
+        first[node.outputs[0]] = new.outputs[0]
+    gather.replace_input_with(0, first[gather.inputs[0]])
+
+
+def _rank(value: ir.Value | None, depth: int = 0) -> int | None:
+    """The rank of a value whose shape the graph does not record, from its producer (row-wise ops keep it)."""
+    if value is None or depth > 200:
+        return None
+    if value.shape is not None:
+        return len(value.shape)
+    if value.const_value is not None:
+        return value.const_value.numpy().ndim
+    node = value.producer()
+    if node is None:
+        return None
+    if node.op_type in ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization"):
+        return 3
+    if node.op_type in ("LayerNormalization", "MatMul") or (node.domain or "", node.op_type) in ROWWISE_OPS:
+        ranks = [_rank(v, depth + 1) for v in (node.inputs[:1] if node.op_type in ("LayerNormalization", "MatMul")
+                                                else node.inputs)]
+        return None if None in ranks else max(ranks)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- embeddings

@@ -54,6 +54,7 @@ import onnx_ir as ir
 
 from modelkiln.graphs.encoder_accuracy import EMBEDDING_TASKS, Agreement, agreement
 from modelkiln.graphs.encoder_corpus import QUESTION_CONTEXTS, SENTENCES
+from modelkiln.graphs.encoder_fusions import residual_adds, residual_sums
 from modelkiln.graphs.initializers import add_initializer as _initializer
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
@@ -103,6 +104,7 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
                              "fp32 artifact instead")
     # The guard's variants are sessions from bytes: weights in memory, before any numpy view of the mmap exists.
     ir.external_data.load_to_model(model)
+    residual_sums(model)  # the residual sums as one Sum each while the bias moves and routed terms join them
     split = _split_attention(model)
     candidates = _candidates(model)
     if not candidates:
@@ -137,6 +139,7 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
     for c in pool:
         if c.label not in kept or keep_as == "w8a16":
             c.apply(model, shared, precise=c.label in kept)
+    residual_adds(model)  # as fuse_encoder leaves them: Adds, faster than Sum (graphs/encoder_fusions.py)
     _tidy(model)
 
     outliers = {c.label: [int(i) for i in c.outliers] for c in chosen if c.outliers is not None}

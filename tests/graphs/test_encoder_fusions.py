@@ -49,12 +49,17 @@ def test_fused_graph_equals_unfused(tmp_path, family, task, attention):
         assert after["graphs"]["model"][key] == before["graphs"]["model"][key]
     result = after["graphs"]["model"]["passes"][-1]["result"]
     if attention:
-        assert result["Attention"] == 2 and result["unfused_attention_softmax"] == 0
+        # (a [CLS] head's last attention has one query: MultiHeadAttention, see test_first_token_only_last_layer)
+        assert result["Attention"] + result.get("MultiHeadAttention", 0) == 2
+        assert result["unfused_attention_softmax"] == 0
     else:  # DeBERTa's disentangled attention stays as it is, the rest still fuses
         assert "Attention" not in result and result["unfused_attention_softmax"] == 2
     assert result["BiasGelu"] == 2 and result["residual_sum_layer_norm"] >= 4
     ops = {n.op_type for n in ir.load(out / "model.onnx").graph}
-    assert "SkipLayerNormalization" not in ops  # slower than Sum + LayerNorm on onnxruntime 1.31's CPU kernels
+    assert "SkipLayerNormalization" not in ops  # slower than Add + LayerNorm on onnxruntime 1.31's CPU kernels
+    assert "Sum" not in ops  # residual sums as Adds: faster than Sum
+    # a [CLS] head: the last layer runs for token 0 alone (the outputs above are equal)
+    assert (result["first_token_only_nodes"] > 0) == (task == "text-classification")
 
 
 def test_fused_artifact_passes_fp32_validate(tmp_path):
@@ -68,10 +73,60 @@ def test_fused_artifact_passes_fp32_validate(tmp_path):
 def test_bert_fusion_counts_and_embed_layer_norm():
     model = ir.load(get_artifact("bert", "text-classification") / "model.onnx")
     result = encoder_fusions.fuse_encoder(model)
-    assert result["Attention"] == 2 and result["EmbedLayerNormalization"] == 1 and result["BiasGelu"] == 2
+    assert result["Attention"] == 1 and result["MultiHeadAttention"] == 1  # the last one for [CLS] alone
+    assert result["EmbedLayerNormalization"] == 1 and result["BiasGelu"] == 2
     # keeping SkipLayerNormalization is an option
     model = ir.load(get_artifact("bert", "text-classification") / "model.onnx")
     assert encoder_fusions.fuse_encoder(model, skip_layer_norm=True)["SkipLayerNormalization"] == 4
+
+
+def test_runtime_session_keeps_residual_adds_unfused(tmp_path):
+    """The fused graph's residual Adds stay Add + LayerNormalization in the runtime's session: onnxruntime would
+    fuse them into its slower SkipLayerNormalization, and the runtime turns that fusion off by name (an unknown
+    name would be ignored silently, hence the check that without it the fusion happens)."""
+    import onnxruntime as ort
+
+    from modelkiln.runtime.encoder import DISABLED_OPTIMIZERS
+
+    out = transform(get_artifact("bert", "text-classification"), tmp_path / "fused", [("fuse_encoder", {})],
+                    quiet=True)
+
+    def loaded_ops(disabled):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+        ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(disabled))
+        return [n.op_type for n in ir.load(tmp_path / "loaded.onnx").graph]
+
+    assert "SkipLayerNormalization" not in loaded_ops(DISABLED_OPTIMIZERS)
+    assert "SkipLayerNormalization" in loaded_ops(())
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2"])
+def test_first_token_only_last_layer(family):
+    """A [CLS] head: the last layer computed for token 0 alone gives the same logits (padding included); BERT's
+    fused attention gets one query, DeBERTa's unfused one stays whole and the rewrite starts after it."""
+    import onnxruntime as ort
+
+    src = get_artifact(family, "text-classification")
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 150, size=(4, 17))
+    mask = np.ones_like(ids)
+    mask[2, -6:] = 0
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    logits, ops, moved = [], [], []
+    for first_token_only in (False, True):
+        model = ir.load(src / "model.onnx")
+        ir.external_data.load_to_model(model)  # (the session below is built from bytes)
+        moved.append(encoder_fusions.fuse_encoder(model, first_token_only=first_token_only)["first_token_only_nodes"])
+        ops.append([n.op_type for n in model.graph])
+        session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+        logits.append(session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})[0])
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-6, rtol=1e-5)
+    assert moved[0] == 0 and moved[1] >= 6  # at least the FFN: MatMul, BiasGelu, MatMul, Add, Add, LayerNorm
+    assert ops[1].count("Slice") > ops[0].count("Slice")
+    if family == "bert":
+        assert ops[1].count("Attention") == ops[0].count("Attention") - 1 and "MultiHeadAttention" in ops[1]
 
 
 def test_runtime_pipelines_on_fused_artifact(tmp_path):
