@@ -22,8 +22,9 @@ from modelkiln.runtime.errors import ModelkilnError
 from modelkiln.runtime.generation_config import GenerationConfig
 from modelkiln.runtime.logits_process import (
     apply_processors,
+    ban_schedule,
     build_logits_processors,
-    greedy_after_processors,
+    greedy_unless_banned,
     softmax,
 )
 from modelkiln.runtime.sampling import greedy, sample
@@ -99,6 +100,7 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
     eos = set(config.eos_ids)
     pad = config.effective_pad_token_id
     processors = build_logits_processors(config, prompt, attention_mask)
+    bans = ban_schedule(processors) if processors and not config.do_sample else None  # greedy's no-copy path
     width = prompt + config.max_new_tokens
     # prompt + generated so far (processors see sequences[:, :t]); a finished row's tail gets the padding
     sequences = np.zeros((rows, width), np.int64)
@@ -113,13 +115,13 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
     for step in range(config.max_new_tokens):
         length = prompt + step
         full = len(active) == rows
-        if processors:
+        tokens = None  # [a]
+        if not config.do_sample:
+            tokens = greedy_unless_banned(bans, length, logits) if bans else None if processors else greedy(logits)
+        if tokens is None:
             seen = sequences[:, :length] if full else sequences[active, :length]
-        if config.do_sample:
             scores = apply_processors(processors, seen, logits, rows=active) if processors else logits  # [a, V]
-            tokens = sample(softmax(scores), rng)  # [a]
-        else:
-            tokens = greedy_after_processors(processors, seen, logits, rows=active) if processors else greedy(logits)
+            tokens = sample(softmax(scores), rng) if config.do_sample else greedy(scores)
         if full:
             sequences[:, length] = tokens
         else:

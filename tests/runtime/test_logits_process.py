@@ -268,13 +268,14 @@ def test_dropping_finished_rows_keeps_per_row_state(kwargs):
 
 
 @pytest.mark.parametrize("seed,batch,vocab", CASES)
-def test_greedy_after_processors_equals_argmax_of_the_processed_scores(seed, batch, vocab):
+def test_greedy_unless_banned_equals_argmax_of_the_processed_scores(seed, batch, vocab):
     """The no-copy greedy path (argmax of the raw scores unless it lands on a banned id) picks exactly what
-    greedy(apply_processors(...)) picks, also when EOS is the raw argmax, on ties and on -inf/NaN scores; with a
-    processor that is not a pure ban (repetition penalty) it runs them all."""
+    greedy(apply_processors(...)) picks, also when EOS is the raw argmax, on ties and on NaN scores; it declines
+    (None) only when a banned id wins, and a processor that is not a pure ban (repetition penalty) has no schedule."""
     from modelkiln.runtime.sampling import greedy
 
     rng = np.random.default_rng(seed)
+    declined = 0
     for trial, cur_len in itertools.product(range(6), (3, 5, 8)):
         scores = _scores(rng, batch, vocab, ties=trial % 2 == 1)
         winners = np.argmax(scores, axis=-1)
@@ -283,13 +284,20 @@ def test_greedy_after_processors_equals_argmax_of_the_processed_scores(seed, bat
             scores[0, winners[0]] = np.nan
         ids = _ids(rng, batch, cur_len, vocab)
         for config in (GenerationConfig(min_new_tokens=4, eos_token_id=list(eos)),
-                       GenerationConfig(min_length=6, min_new_tokens=2, eos_token_id=list(eos)),
-                       GenerationConfig(min_new_tokens=4, repetition_penalty=1.3, eos_token_id=list(eos))):
+                       GenerationConfig(min_length=6, min_new_tokens=2, eos_token_id=list(eos))):
             processors = lp.build_logits_processors(config, 2)
             before = scores.copy()
-            got = lp.greedy_after_processors(processors, ids, scores)
+            got = lp.greedy_unless_banned(lp.ban_schedule(processors), cur_len, scores)
             np.testing.assert_array_equal(scores, before)  # the caller's scores stay untouched
-            np.testing.assert_array_equal(got, greedy(lp.apply_processors(processors, ids, scores)))
+            expected = greedy(lp.apply_processors(processors, ids, scores))
+            if got is None:
+                declined += 1
+                assert not np.array_equal(greedy(scores), expected) or np.isnan(scores).any()
+            else:
+                np.testing.assert_array_equal(got, expected)
+    assert declined > 0  # the EOS-wins trials took the slow path
+    penalty = lp.build_logits_processors(GenerationConfig(min_new_tokens=4, repetition_penalty=1.3, eos_token_id=[1]), 2)
+    assert lp.ban_schedule(penalty) is None
 
 
 def test_docstring_examples():
