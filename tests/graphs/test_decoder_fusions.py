@@ -67,6 +67,27 @@ def test_fused_graph_matches_and_generates_the_same_tokens(tiny_artifact, family
     np.testing.assert_array_equal(generate(lm, ids[:1], mask[:1], long), generate(plain, ids[:1], mask[:1], long))
 
 
+def test_dropped_rows_keep_their_lengths_in_the_in_place_cache(tiny_artifact, tmp_path_factory):
+    """Rows that finish are dropped from the batch: select_rows gathers the in-place cache and the rows' mask,
+    which the fused graph reads as their lengths, so the rows left decode exactly as the plain graph does on their
+    whole sequences."""
+    from modelkiln.runtime.generation import position_ids_from_mask, prefill
+
+    src, fused = _fused(tiny_artifact, "llama", tmp_path_factory)
+    plain, lm = DecoderLM.load(src), DecoderLM.load(fused)
+    ids, mask = _padded_batch(300)  # rows with 0, 4 and 13 left-padding positions
+    logits, cache = prefill(lm, ids, mask, capacity=30)
+    first = logits.argmax(-1)
+    second = cache.decode(lm.session, first).argmax(-1)  # every row one token longer: the mask the cache owns
+    keep = np.array([0, 2])
+    kept = lm.select_rows(cache, keep)
+    got = kept.decode(lm.session, second[keep])  # [2, V]
+    seqs = np.concatenate([ids, first[:, None], second[:, None]], axis=1)[keep]
+    masks = np.concatenate([mask, np.ones((3, 2), mask.dtype)], axis=1)[keep]
+    expected, _ = plain.forward(seqs, masks, position_ids_from_mask(masks), plain.empty_cache(2))
+    np.testing.assert_allclose(got, expected[:, -1], atol=2e-5)
+
+
 def test_in_place_cache_is_written_in_place(tiny_artifact, tmp_path_factory):
     _, fused = _fused(tiny_artifact, "llama", tmp_path_factory)
     lm = DecoderLM.load(fused)
