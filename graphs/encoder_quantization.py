@@ -35,6 +35,21 @@ as much as an int8 MatMul -- so, in order of cost:
   5. raise when no k short of "everything kept" meets the target.
 Measured on MiniLM (batch 32 x 20 tokens, graph only, one thread): fp32 fused 119 ms; the guarded int8 before
 these rewrites (6 MatMuls float, 7 outlier splits) 62 ms; now 45 ms (7 W8A16); everything plain int8 35 ms.
+MatMuls that read one input (q, k, v) quantize it once: one DynamicQuantizeLinear feeding MatMulIntegerToFloat
+nodes (a W8A16 value's first digit included), instead of each DynamicQuantizeMatMul quantizing it again (MiniLM,
+[32, 20] on two threads: 22.3 vs 23.0 ms, same outputs).
+
+`activations="per_token"` (an option, not the default): one symmetric int8 scale per token instead of one per
+tensor, so the [CLS] token's massive activation costs the other tokens nothing: on MiniLM every MatMul plain int8
+(nothing kept) reaches 0.9939 on the corpus and 0.9928 on validate's held-out texts at batch 32 and 1 alike
+(per tensor: 0.986 with nothing kept; 0.9917 / 0.9953 with the guard's 7 W8A16), and a text's embedding no longer
+depends on its batch. It is slower on onnxruntime 1.31's CPU kernels, though: no kernel quantizes per row, so each
+input takes Abs, ReduceMax, Div and QuantizeLinear nodes (~0.25 ms on [32, 20, 384] against 0.07 for a per-tensor
+DynamicQuantizeLinear) and MatMulIntegerToFloat scales its output per row in one more pass; the bias stays out of
+the product (it would be scaled per row too). MiniLM graph at [32, 20], two threads: ~25.5 ms against ~22.3 ms per
+tensor with the guard's W8A16 (MatMulNBits with 8-bit weights and accuracy_level 4, which quantizes activations per
+row and block inside the kernel, was 3-5x slower than DynamicQuantizeMatMul per MatMul on this CPU). Keeping the
+guard's MatMuls per token instead of W8A16 needed 13 kept instead of 7 and was no faster.
 What was routed, smoothed, split and kept, and the measured figures go into the result and the manifest's
 `quantization`.
 """
@@ -56,6 +71,7 @@ from modelkiln.graphs.encoder_accuracy import EMBEDDING_TASKS, Agreement, agreem
 from modelkiln.graphs.encoder_corpus import QUESTION_CONTEXTS, SENTENCES
 from modelkiln.graphs.encoder_fusions import residual_adds, residual_sums
 from modelkiln.graphs.initializers import add_initializer as _initializer
+from modelkiln.graphs.initializers import shared_initializer
 from modelkiln.graphs.passes import PassContext, register_pass
 from modelkiln.runtime.errors import ModelkilnError
 
@@ -72,20 +88,25 @@ RANKING_ROWS = 8
 # out a little worse (MiniLM: 0.9915 on the corpus was 0.9867 on 20 other sentences in one batch).
 GUARD_HEADROOM = 0.25
 KEEP_AS = ("w8a16", "fp32")
+ACTIVATION_MODES = ("int8", "w8a16", "per_token")
+ACTIVATIONS = {"per_tensor": "int8", "per_token": "per_token"}  # the plain int8 MatMuls' activation scales
 
 
 @register_pass("quantize_dynamic_int8")
 def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosine: float | None = 0.99,
                           exclude: Sequence[str] = (), reduce_range: bool = False, outlier_channels: int = 4,
                           outlier_ratio: float = 3.0, smooth_percentile: float | None = 90.0,
-                          keep_as: str = "w8a16", context: PassContext) -> dict[str, Any]:
+                          keep_as: str = "w8a16", activations: str = "per_tensor",
+                          context: PassContext) -> dict[str, Any]:
     """Quantize in place (see the module docstring).
 
     `exclude`: fnmatch patterns over MatMul labels (`*.layer.5.output.dense`), node names or weight names, kept in
     float. `min_cosine=None` (or 0) skips the search but still measures. `reduce_range`: 7-bit weights, for CPUs
     without VNNI whose u8s8 kernels can saturate. `outlier_channels=0` turns the GELU routing and the outlier
     split off; `smooth_percentile=None` the smoothing. `keep_as`: what the MatMuls the guard keeps out of plain
-    int8 become, "w8a16" (int8 weights, 16-bit activations in two int8 passes) or "fp32".
+    int8 become, "w8a16" (int8 weights, 16-bit activations in two int8 passes) or "fp32". `activations`: the plain
+    int8 MatMuls' activation scales, "per_tensor" (DynamicQuantizeMatMul) or "per_token" (more accurate, slower
+    here; see the module docstring).
     """
     if min_cosine is not None and not 0 <= float(min_cosine) <= 1:
         raise ModelkilnError(f"min_cosine must be between 0 and 1, got {min_cosine!r}")
@@ -96,6 +117,9 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
         raise ModelkilnError(f"smooth_percentile must be in (0, 100], got {smooth_percentile!r}")
     if keep_as not in KEEP_AS:
         raise ModelkilnError(f"keep_as must be one of {', '.join(KEEP_AS)}, got {keep_as!r}")
+    if activations not in ACTIVATIONS:
+        raise ModelkilnError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
+    plain = ACTIVATIONS[activations]
     task = context.manifest.get("task") or "feature-extraction"
     if task not in ENCODER_TASKS:
         raise ModelkilnError(f"quantize_dynamic_int8 is for encoder artifacts; this one is {task!r}")
@@ -118,7 +142,7 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
 
     inputs = [v.name for v in model.graph.inputs]
     guard = _Guard(model, task, lambda texts=None: corpus_batches(context.artifact_dir, task, inputs,
-                                                                   context.manifest, texts), pool, keep_as)
+                                                                   context.manifest, texts), pool, keep_as, plain)
     amax = guard.channel_absmax() if outlier_channels or smooth_percentile else {}
     # fp32 rewrites that keep the outputs (up to float rounding) and leave the int8 inputs without outliers
     routed = _route_gelu_outliers(model, pool, amax, outlier_channels, outlier_ratio) if outlier_channels else {}
@@ -135,10 +159,7 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
     else:
         kept, measured, trials = [], guard.measure({c.label for c in pool}, exact=True), 1
     chosen = [c for c in pool if c.label not in kept]
-    shared: dict[str, tuple[ir.Value, ir.Value]] = {}
-    for c in pool:
-        if c.label not in kept or keep_as == "w8a16":
-            c.apply(model, shared, precise=c.label in kept)
+    _apply_all(model, pool, {c.label: keep_as if c.label in kept else plain for c in pool})
     residual_adds(model)  # as fuse_encoder leaves them: Adds, faster than Sum (graphs/encoder_fusions.py)
     _tidy(model)
 
@@ -147,6 +168,7 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
         "quantized": len(chosen), "outlier_split": len(outliers), "gelu_routed": len(routed),
         "smoothed": len(smoothed), "kept": kept, "kept_as": keep_as, "excluded": excluded,
         "attention_split": split, "per_channel": per_channel, "reduce_range": reduce_range, "min_cosine": min_cosine,
+        "activations": activations,
         "measured_worst_cosine": round(measured.worst_cosine, 6), "measured_mean_cosine": round(measured.mean_cosine, 6),
         "label_changes": measured.label_changes, "tied_label_changes": measured.tied_changes,
         "labels_compared": measured.labels, "guard_rows": len(measured.cosines), "guard_trials": trials,
@@ -155,7 +177,8 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
                  else "argmax labels unchanged (the cosine is the logits', reported)")
     context.manifest_updates.update({  # `precision` stays the activations' (fp32), as for the decoders' int4/int8
         "quantization": {
-            "weights": "int8", "activations": "uint8, dynamic, per tensor", "method": "dynamic",
+            "weights": "int8", "activations": ("int8, dynamic, per token" if activations == "per_token"
+                                               else "uint8, dynamic, per tensor"), "method": "dynamic",
             "per_channel": per_channel, "reduce_range": reduce_range, "kept": kept, "kept_as": keep_as,
             "excluded": excluded,
             "outlier_channels": outliers, "gelu_routed_channels": routed,
@@ -203,19 +226,25 @@ class _Candidate:
         self.scale = np.asarray(scale, dtype=np.float32)
 
     def apply(self, model: ir.Model, shared: dict | None = None, switch: ir.Value | None = None,
-              precise: bool = False) -> None:
+              mode: str = "int8") -> None:
         """MatMul(x, W) [-> Add(bias) | BiasGelu(bias)]  =>  DynamicQuantizeMatMul(x, W_q, scale[, bias]) [-> Gelu],
         plus, with outlier channels, `+ Gather(x, idx) @ W[idx]` on a `x * keep` input.
 
-        `precise`: 16-bit activations in two int8 passes (W8A16), for the MatMuls the guard keeps out of plain
+        `mode` "int8": as above; where `shared["int8_readers"]` counts several readers of x, x is quantized once
+        for them (`_per_tensor_input`) and each reader is a MatMulIntegerToFloat.
+        `mode` "per_token": one int8 scale per row of x (`_per_token_input`), MatMulIntegerToFloat(x_q, W_q,
+        row scale, scale); the bias stays where it was.
+        `mode` "w8a16": 16-bit activations in two int8 passes (W8A16), for the MatMuls the guard keeps out of plain
         int8: x = x_q + r with r = x - dequant(x_q) quantized again on its own (tiny) scale, so only the weights'
         rounding is left -- as accurate as float for the guard, at about half a float MatMul's cost (MiniLM FFN,
         [640, 384] x [384, 1536], one thread: 4.5 ms vs 6.7 ms float, 2.0 ms int8):
             DynamicQuantizeLinear(x) -> MatMulIntegerToFloat(x_q, W_q) + DynamicQuantizeMatMul(x - dequant(x_q), W_q)
 
         With `switch` (a bool scalar) the float path stays and `Where(switch, int8, float)` picks one at run time:
-        the guard's switchboard graph."""
-        assert not (precise and switch is not None), "the switchboard compares plain int8 with float"
+        the guard's switchboard graph (plain "int8" or "per_token" only)."""
+        assert mode in ACTIVATION_MODES, mode
+        precise = mode == "w8a16"
+        assert not (precise and switch is not None), "the switchboard compares int8 with float"
         graph = model.graph
         node = next(n for n in graph if n.name == self.node_name)
         x = node.inputs[0]
@@ -237,22 +266,32 @@ class _Candidate:
                                                                          self.weight[self.outliers])])
             extra, x, correction = [masked, gathered, small], masked.outputs[0], small.outputs[0]
         out = node.outputs[0]
-        after, bias = _bias_after(out)
+        after, bias = _bias_after(out) if mode != "per_token" else (None, None)
         total = None
-        if after is None and switch is None:  # the residual Sum(y, x, bias) of a fused graph -> Sum(y + bias, x)
+        if after is None and switch is None and mode != "per_token":  # residual Sum(y, x, bias) -> Sum(y + bias, x)
             total, bias = _bias_in_sum(out, self.weight.shape[1])
         biased = [bias] if bias is not None else []
-        if precise:
-            digits = ir.node("DynamicQuantizeLinear", [x], num_outputs=3)
-            x_q, x_scale, x_zero = digits.outputs
+        if mode == "per_token":  # (the bias stays where it is: MatMulIntegerToFloat would scale it by the row's)
+            x_q, x_scale = _per_token_input(graph, node, x, shared)
+            fused = ir.node("MatMulIntegerToFloat", [x_q, w_q, x_scale, scale, shared_initializer(
+                graph, "modelkiln_uint8_128", np.array(128, dtype=np.uint8))], domain=MS_DOMAIN,
+                name=f"{self.node_name}_int8_per_token")
+            more = [correction] if correction is not None else []
+        elif precise:  # (the first digit is the plain int8 one: shared with the int8 MatMuls that read x)
+            x_q, x_scale, x_zero = _per_tensor_input(graph, node, x, shared)
             rounded = ir.node("DequantizeLinear", [x_q, x_scale, x_zero])
             rest = ir.node("Sub", [x, rounded.outputs[0]])
             fused = ir.node("MatMulIntegerToFloat", [x_q, w_q, x_scale, scale, x_zero, None, *biased],
                             domain=MS_DOMAIN, name=f"{self.node_name}_w8a16")
             second = ir.node("DynamicQuantizeMatMul", [rest.outputs[0], w_q, scale], domain=MS_DOMAIN,
                              name=f"{self.node_name}_w8a16_rest")
-            extra += [digits, rounded, rest, second]
+            extra += [rounded, rest, second]
             more = [second.outputs[0]] + ([correction] if correction is not None else [])
+        elif switch is None and shared.get("int8_readers", {}).get(x.name, 0) > 1:  # x quantized once for all
+            x_q, x_scale, x_zero = _per_tensor_input(graph, node, x, shared)
+            fused = ir.node("MatMulIntegerToFloat", [x_q, w_q, x_scale, scale, x_zero, None, *biased],
+                            domain=MS_DOMAIN, name=f"{self.node_name}_int8")
+            more = [correction] if correction is not None else []
         else:
             fused = ir.node("DynamicQuantizeMatMul", [x, w_q, scale, None, *biased], domain=MS_DOMAIN,
                             name=f"{self.node_name}_int8")
@@ -288,6 +327,58 @@ class _Candidate:
             return
         _replace(graph, replaced, result)
         graph.remove([n for n in (after, node) if n is not None], safe=True)
+
+
+def _apply_all(model: ir.Model, pool: list[_Candidate], modes: dict[str, str]) -> None:
+    """Each candidate as `modes[label]` says ("int8", "w8a16", "per_token"; "fp32" stays float)."""
+    nodes = {n.name: n for n in model.graph}
+    readers: dict[str, int] = {}
+    for c in pool:  # int8 and W8A16 MatMuls that share an input share its (per-tensor) quantization
+        if modes[c.label] in ("int8", "w8a16") and c.outliers is None:
+            name = nodes[c.node_name].inputs[0].name
+            readers[name] = readers.get(name, 0) + 1
+    shared: dict = {"int8_readers": readers}
+    for c in pool:
+        if modes[c.label] != "fp32":
+            c.apply(model, shared, mode=modes[c.label])
+
+
+def _per_token_input(graph: ir.Graph, node: ir.Node, x: ir.Value, shared: dict) -> tuple[ir.Value, ir.Value]:
+    """x [.., K] -> (uint8 x_q [.., K], float scale [.., 1]): symmetric int8 per row (token), stored with zero point
+    128, scale = max |x| over the row / 127; one per input, shared by the MatMuls that read it (q, k, v).
+
+    Abs, ReduceMax, Div, QuantizeLinear: in the whole MiniLM graph this was faster than ReduceMax/ReduceMin and a
+    per-axis QuantizeLinear on a [rows, K] view (25.2 vs 26.8 ms at [32, 20]; alone that chain was faster, 0.17 vs
+    0.26 ms on [32, 20, 384], but its extra Shape/Reshape/ConstantOfShape nodes cost more in the graph), and the
+    blocked QuantizeLinear of opset 21, which takes [.., 1] scales directly, was 20x slower."""
+    key = f"per_token@{x.name}"
+    if key not in shared:
+        absolute = ir.node("Abs", [x])
+        peak = ir.node("ReduceMax", [absolute.outputs[0], shared_initializer(
+            graph, "modelkiln_axes_last", np.array([-1], dtype=np.int64))], attributes={"keepdims": 1})  # [.., 1]
+        step = ir.node("Mul", [peak.outputs[0], shared_initializer(graph, "modelkiln_inverse_127",
+                                                                   np.array(1.0 / 127.0, dtype=np.float32))])
+        safe = ir.node("Max", [step.outputs[0], shared_initializer(graph, "modelkiln_tiny_scale",
+                                                                  np.array(1e-30, dtype=np.float32))])  # zero rows
+        scaled = ir.node("Div", [x, safe.outputs[0]])
+        quantized = ir.node("QuantizeLinear", [scaled.outputs[0], shared_initializer(
+            graph, "modelkiln_one", np.array(1.0, dtype=np.float32)), shared_initializer(
+            graph, "modelkiln_uint8_128", np.array(128, dtype=np.uint8))])
+        for new in (absolute, peak, step, safe, scaled, quantized):
+            graph.insert_before(node, new)
+        shared[key] = (quantized.outputs[0], safe.outputs[0])
+    return shared[key]
+
+
+def _per_tensor_input(graph: ir.Graph, node: ir.Node, x: ir.Value, shared: dict) -> tuple[ir.Value, ...]:
+    """DynamicQuantizeLinear(x), once for all the plain int8 MatMuls that read x (q, k and v read one input): what
+    DynamicQuantizeMatMul does inside, without quantizing x three times (MiniLM: 0.07 ms per [32, 20, 384])."""
+    key = f"per_tensor@{x.name}"
+    if key not in shared:
+        digits = ir.node("DynamicQuantizeLinear", [x], num_outputs=3)
+        graph.insert_before(node, digits)
+        shared[key] = tuple(digits.outputs)
+    return shared[key]
 
 
 def _candidates(model: ir.Model) -> list[_Candidate]:
@@ -595,10 +686,11 @@ class _Batch:
 class _Guard:
     """Runs variants of the graph on the corpus and compares them with the fp32 graph."""
 
-    def __init__(self, model: ir.Model, task: str, encode, pool: list[_Candidate], keep_as: str = "fp32"):
+    def __init__(self, model: ir.Model, task: str, encode, pool: list[_Candidate], keep_as: str = "fp32",
+                 plain: str = "int8"):
         self.proto = ir.to_proto(model)  # fp32, attention already split: the base every variant starts from
         self.size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-        self.task, self.encode, self.pool, self.keep_as = task, encode, pool, keep_as
+        self.task, self.encode, self.pool, self.keep_as, self.plain = task, encode, pool, keep_as, plain
         self.output_names = [o.name for o in model.graph.outputs]
         self.batches = encode()
         self.reference = self._run(self.proto, self.batches)
@@ -627,7 +719,7 @@ class _Guard:
                 pick = ir.node("Gather", [board, index], attributes={"axis": 0})
                 node = next(n for n in variant.graph if n.name == c.node_name)
                 variant.graph.insert_before(node, pick)
-                c.apply(variant, shared, switch=pick.outputs[0])
+                c.apply(variant, shared, switch=pick.outputs[0], mode=self.plain)
             self._board = _session(ir.to_proto(variant), 2 * self.size)
         return self._board
 
@@ -645,10 +737,8 @@ class _Guard:
         self.trials += 1
         if exact:  # the graph as it will be saved
             variant = ir.from_proto(self.proto)
-            shared: dict = {}
-            for c in self.pool:
-                if c.label in quantized or self.keep_as == "w8a16":
-                    c.apply(variant, shared, precise=c.label not in quantized)
+            _apply_all(variant, self.pool, {c.label: self.plain if c.label in quantized else self.keep_as
+                                            for c in self.pool})
             outputs = self._run(ir.to_proto(variant), batches)
         else:
             board = self.switchboard()

@@ -64,8 +64,10 @@ def test_guard_keeps_matmuls_float_when_the_target_demands_it(tmp_path):
     ops = [n.op_type for n in ir.load(guarded / "model.onnx").graph]
     quantized = manifest["graphs"]["model"]["passes"][-1]["result"]["quantized"]
     assert manifest["quantization"]["kept_as"] == "w8a16"  # kept: two int8 passes (16-bit activations), no float
-    assert ops.count("MatMulIntegerToFloat") == len(kept) and quantized > 0
-    assert ops.count("DynamicQuantizeMatMul") == quantized + len(kept)  # (a kept one's second pass is one)
+    # one int8 product per plain MatMul, two per kept one (MatMulIntegerToFloat where an input's quantization is
+    # shared, as q, k and v share theirs, and for a kept one's first pass; its second is a DynamicQuantizeMatMul)
+    assert quantized > 0 and ops.count("DequantizeLinear") == len(kept)
+    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulIntegerToFloat") == quantized + 2 * len(kept)
     # the manifest's I/O signature is the float one: the runtime needs no special case
     for key in ("inputs", "outputs"):
         assert manifest["graphs"]["model"][key] == json.loads((src / "modelkiln.json").read_text())["graphs"][
@@ -164,6 +166,29 @@ def test_minilm_int8_against_sentence_transformers(tmp_path):
         actual = ours.encode(texts, batch_size=batch_size)
         cosines = (actual * expected).sum(1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(expected, axis=1)
         assert cosines.min() >= 0.99, (batch_size, cosines.min(), texts[int(cosines.argmin())])
+
+
+@pytest.mark.slow
+def test_minilm_per_token_int8_needs_no_kept_matmul(tmp_path):
+    """activations="per_token": every MatMul plain int8 (none kept) meets 0.99 against sentence-transformers on the
+    held-out texts, and a text's embedding no longer depends on the batch it shares (one scale per token)."""
+    from sentence_transformers import SentenceTransformer
+
+    from modelkiln.exporter.embedded import resolve_embedded
+    from modelkiln.validate.encoder_cases import ACCURACY_TEXTS
+
+    out, manifest = _quantize(get_artifact("minilm", "sentence-similarity"), tmp_path / "int8", min_cosine=0.99,
+                              activations="per_token")
+    assert manifest["quantization"]["kept"] == [] and manifest["quantization"]["activations"].endswith("per token")
+    st = SentenceTransformer(str(resolve_embedded("all-minilm-l6-v2")), device="cpu")
+    texts = list(ACCURACY_TEXTS)
+    expected = st.encode(texts, convert_to_numpy=True)
+    ours = pipeline("sentence-similarity", model=out)
+    got = {b: ours.encode(texts, batch_size=b) for b in (1, 32)}
+    for actual in got.values():
+        cosines = (actual * expected).sum(1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(expected, axis=1)
+        assert cosines.min() >= 0.99, (cosines.min(), texts[int(cosines.argmin())])
+    np.testing.assert_allclose(got[1], got[32], atol=2e-3)
 
 
 def _run(model: ir.Model, feed: dict) -> list[np.ndarray]:
@@ -279,7 +304,7 @@ def test_w8a16_is_as_accurate_as_the_weights_allow():
         (c,) = _candidates(model)
         c.quantize_weight(per_channel=True, reduce_range=False)
         weights_only = feed["x"] @ (c.quantized.astype(np.float32) * c.scale) + add.inputs[1].const_value.numpy()
-        c.apply(model, precise=precise)
+        c.apply(model, mode="w8a16" if precise else "int8")
         ops = [n.op_type for n in model.graph]
         assert "MatMul" not in ops and "Add" not in ops[:1]
         errors[precise] = np.abs(_run(model, feed)[0] - exact).max()
@@ -306,3 +331,80 @@ def test_int8_residual_sums_take_the_bias_into_the_matmul():
         assert all(v.const_value is None for v in terms)  # no bias vector left in a residual sum
         producers = {v.producer().op_type for v in terms if v.producer() is not None}
         assert "DynamicQuantizeMatMul" in producers
+
+
+def test_projections_reading_one_input_share_its_quantization():
+    """q, k and v read one input: one DynamicQuantizeLinear feeds three MatMulIntegerToFloat (the value projection's
+    W8A16 first digit too), and the outputs are what three DynamicQuantizeMatMul nodes give (same quantization)."""
+    from modelkiln.graphs.encoder_quantization import _apply_all, _candidates
+
+    feed = _feed(np.random.default_rng(0))
+    outputs = {}
+    for shared in (True, False):
+        model = _fused_split("bert", "text-classification")
+        pool = _candidates(model)
+        for c in pool:
+            c.quantize_weight(per_channel=True, reduce_range=False)
+        modes = {c.label: "w8a16" if c.label.endswith("value") else "int8" for c in pool}
+        if shared:
+            _apply_all(model, pool, modes)
+        else:  # each MatMul on its own
+            for c in pool:
+                c.apply(model, {}, mode=modes[c.label])
+        ops = [n.op_type for n in model.graph]
+        attention = ops.count("MultiHeadAttention")
+        assert attention == 2
+        if shared:
+            digits = [n for n in model.graph if n.op_type == "DynamicQuantizeLinear"]
+            assert len(digits) == attention  # one per attention input, none for the single-reader MatMuls
+            readers = [[u.node.op_type for u in node.outputs[0].uses()] for node in digits]
+            assert all("DequantizeLinear" in r for r in readers)  # the value's W8A16 rest
+            # q, k, v; in the classifier's last layer the query reads the [CLS] token alone: k and v
+            assert sorted(r.count("MatMulIntegerToFloat") for r in readers) == [2, 3]
+        else:
+            assert ops.count("DynamicQuantizeLinear") == 2  # the W8A16 values' own
+        outputs[shared] = _run(model, feed)
+    for a, b in zip(outputs[True], outputs[False]):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_per_token_activations_keep_each_rows_resolution():
+    """activations="per_token": one symmetric int8 scale per row (token), so a massive activation in one row costs
+    the other rows nothing; the graph computes exactly numpy's per-row quantization, the bias stays in float."""
+    from modelkiln.graphs.encoder_quantization import _candidates
+
+    rng = np.random.default_rng(0)
+    x = ir.Value(name="x", shape=ir.Shape([4, 16, 32]), type=ir.TensorType(ir.DataType.FLOAT))
+    graph = ir.Graph([x], [], nodes=[], opset_imports={"": 18}, name="g")
+    outs = []
+    for i in range(2):  # two readers of x: one quantization
+        mm = ir.node("MatMul", [x, _init(graph, f"w{i}", rng.normal(size=(32, 24)))], name=f"mm{i}")
+        add = ir.node("Add", [mm.outputs[0], _init(graph, f"dense{i}.bias", rng.normal(size=24))])
+        graph.extend([mm, add])
+        add.outputs[0].name, add.outputs[0].dtype = f"y{i}", ir.DataType.FLOAT
+        graph.outputs.append(add.outputs[0])
+        outs.append((mm.inputs[1].const_value.numpy(), add.inputs[1].const_value.numpy()))
+    feed = {"x": rng.normal(size=(4, 16, 32)).astype(np.float32)}
+    feed["x"][0, 0, 7] = 60.0  # a massive activation at one token
+    errors = {}
+    for mode in ("int8", "per_token"):
+        model = ir.from_proto(ir.to_proto(ir.Model(graph, ir_version=10)))
+        pool = _candidates(model)
+        shared: dict = {}
+        for c in pool:
+            c.quantize_weight(per_channel=True, reduce_range=False)
+            c.apply(model, shared, mode=mode)
+        got = _run(model, feed)
+        if mode == "per_token":
+            ops = [n.op_type for n in model.graph]
+            assert ops.count("QuantizeLinear") == 1 and ops.count("MatMulIntegerToFloat") == 2
+            rows = feed["x"].reshape(-1, 32)
+            scale = np.abs(rows).max(axis=1, keepdims=True) / 127
+            dequantized = (np.clip(np.rint(rows / scale), -127, 127) * scale).reshape(feed["x"].shape)
+            for y, c, (_, bias) in zip(got, pool, outs):
+                expected = dequantized @ (c.quantized.astype(np.float32) * c.scale) + bias
+                np.testing.assert_allclose(y, expected, atol=1e-4, rtol=1e-4)
+        exact = [feed["x"] @ w + b for w, b in outs]
+        # the error on every token but the one with the massive activation
+        errors[mode] = max(np.abs(y - e)[:, 1:].max() for y, e in zip(got, exact))
+    assert errors["per_token"] < errors["int8"] / 4
