@@ -1,10 +1,12 @@
 """Encoder speed, end to end (tokenize -> forward -> pool / classify): eager transformers vs optimum-onnx vs ours,
 fp32 and int8, with each runtime's accuracy against eager.
 
-    .venv/bin/python benchmarks/encoder_speed.py [--repeats 30] [--skip-peers] [--only ours,ours-int8,...]
+    .venv/bin/python benchmarks/encoder_speed.py [--repeats 30] [--warmup 2] [--skip-peers] [--only ours,...]
 
 Workloads on the real all-MiniLM-L6-v2 (fp32, CPU), each timed as the median of `--repeats` calls, taken
-in 5 rounds interleaved between the runtimes after a warm-up round:
+in 5 rounds interleaved between the runtimes after a warm-up round; in each round every runtime gets a 0.2 s
+pause (so the previous runtime's spinning threads are gone) and `--warmup` untimed calls (so its own are awake):
+steady-state speed, what a service under load sees.
   embed   texts -> sentence embeddings (mean pooling + L2 normalization, as sentence-transformers does), at batch 1
           and 32, short (~20 tokens) and long (128 tokens) inputs. eager: transformers' tokenizer + BertModel under
           torch.no_grad + numpy pooling; optimum: transformers 4.57's tokenizer + ORTModelForFeatureExtraction (its
@@ -236,6 +238,9 @@ def cosines(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed calls per round after the pause, every runtime alike (0: time the calls "
+                             "right after the pause, when the pool threads are still waking up)")
     parser.add_argument("--skip-peers", action="store_true", help="eager and ours only")
     parser.add_argument("--only", default="", help="comma-separated runtimes to time besides eager "
                         "(ours, ours-fused, ours-int8, optimum, optimum-int8); default all")
@@ -343,8 +348,10 @@ def main() -> None:
                 # runtime would pay for the previous one's spinning (measured: the fused graph, timed right after
                 # the unfused one, came out slower at batch 1 although it is faster alone)
                 time.sleep(0.2)
-                measured = (peer(name, key, calls) if name.startswith("optimum")
-                            else timed_calls(runners[name][key], calls))
+                # the first calls after the pause wake the threads up (the int8 pipeline: 31.5-35 ms on each of
+                # 6 calls after it, 25.4 ms back to back): `--warmup` calls per round are run and not counted
+                measured = (peer(name, key, calls + args.warmup) if name.startswith("optimum")
+                            else timed_calls(runners[name][key], calls + args.warmup))[args.warmup:]
                 if round_:
                     times[name][key] += measured
     if peer is not None:
@@ -366,7 +373,8 @@ def main() -> None:
         print(f"| {name} | {w32:.4f} ({t32[:24]!r}) | {w1:.4f} | {m32:.4f} | {row['labels']}/{len(texts)} |")
     if skipped:
         print(f"\n{skipped}")
-    print(f"\n(median of {rounds * calls} calls in {rounds} interleaved rounds; accuracy on the {len(texts)} held-out "
+    print(f"\n(median of {rounds * calls} calls in {rounds} interleaved rounds, each after a 0.2 s pause and "
+          f"{args.warmup} untimed calls; accuracy on the {len(texts)} held-out "
           f"texts of validate; torch {torch.__version__}, {torch.get_num_threads()} threads; onnxruntime default "
           f"threads; load average {load_at_start} at the start, {_load_average()} at the end)")
 
