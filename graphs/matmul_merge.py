@@ -47,6 +47,10 @@ def merge_parallel_matmuls(model: ir.Model) -> dict[str, Any]:
         concat = np.ascontiguousarray(np.concatenate(weights, axis=1))
         value = add_initializer(graph, f"{first.name}_merged_weight", concat)
         matmul = ir.Node("", "MatMul", [activations[key], value], name=f"{first.name}_merged")
+        out, like = matmul.outputs[0], first.outputs[0]
+        out.type = like.type  # typed like its parts, so later passes (fp16 conversion) see the packed value's dtype
+        if like.shape is not None and like.shape.rank():
+            out.shape = ir.Shape([*list(like.shape)[:-1], int(concat.shape[1])])
         sizes_value = add_initializer(graph, f"{first.name}_merged_split",
                                       np.array([w.shape[1] for w in weights], np.int64))
         split = ir.Node("", "Split", [matmul.outputs[0], sizes_value], [ir.AttrInt64("axis", -1)],
