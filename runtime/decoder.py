@@ -71,14 +71,22 @@ class KVBuffers:
             self.binding.bind_ortvalue_output(out, value)
         rows, _, capacity, _ = values[0].shape()
         self.mask = np.zeros((rows, capacity), np.int64)
-        self.width = 0 if mask is None else mask.shape[1]
+        self.width = 0
         if mask is not None:
-            self.mask[:, :self.width] = mask
+            self._set_mask(mask)
         self.step_logits = None  # [b, 1, V], bound as the output of every one-token step
         self._step_ids = np.empty((rows, 1), np.int64)
         self._step_values: list[ort.OrtValue] = []  # OrtValues over the step buffers while they are bound
         if step_logits is not None:
             self._bind_step_logits(step_logits)
+
+    def _set_mask(self, mask: np.ndarray) -> None:
+        """The rows' mask [b, t] into the capacity-wide buffer, zeros after it."""
+        width = mask.shape[1]
+        if width < self.width:
+            self.mask[:, width:self.width] = 0
+        self.mask[:, :width] = mask
+        self.width = width
 
     def _bind_step_logits(self, buffer: np.ndarray) -> None:
         self.step_logits = buffer
@@ -104,11 +112,7 @@ class KVBuffers:
             self.mask[:, self.width] = 1
             self.width += 1
         else:
-            width = attention_mask.shape[1]
-            if width < self.width:
-                self.mask[:, width:] = 0
-            self.mask[:, :width] = attention_mask
-            self.width = width
+            self._set_mask(attention_mask)
         if self.step_logits is None:  # rows changed (select_rows): one step with logits ORT allocates
             return self.run(session, {"input_ids": tokens[:, None], "attention_mask": self.mask[:, :self.width],
                                       "position_ids": np.zeros((len(tokens), 1), np.int64)})[:, -1, :]
@@ -127,10 +131,7 @@ class KVBuffers:
         batch): binds every input and lets ORT allocate the logits, then binds a [b, 1, V] buffer for the
         one-token steps that follow (`decode`)."""
         binding = self.binding
-        mask = feeds["attention_mask"]
-        self.mask[:, mask.shape[1]:] = 0
-        self.mask[:, :mask.shape[1]] = mask
-        self.width = mask.shape[1]
+        self._set_mask(feeds["attention_mask"])
         self._step_values = []
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))

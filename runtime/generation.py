@@ -53,8 +53,6 @@ def decode_one_token(lm: DecoderLM, tokens: np.ndarray, attention_mask: np.ndarr
                      positions: np.ndarray | None = None):
     """tokens [b] at the position after `cache`; attention_mask [b, past + 1] → logits [b, V], grown cache.
     `positions` [b, 1]: the tokens' positions when the caller tracks them (else counted from the mask)."""
-    if isinstance(cache, KVBuffers) and cache.step_logits is not None:  # the fused graph's steps: nothing to copy
-        return cache.decode(lm.session, tokens, attention_mask), cache
     if positions is None:
         positions = attention_mask.sum(axis=-1, keepdims=True) - 1  # [b, 1]
     logits, cache = lm.step(tokens[:, None], attention_mask, positions, cache)
@@ -115,9 +113,11 @@ def _sample_loop(lm, input_ids, attention_mask, config: GenerationConfig, rng, o
     for step in range(config.max_new_tokens):
         length = prompt + step
         full = len(active) == rows
-        tokens = None  # [a]
-        if not config.do_sample:
-            tokens = greedy_unless_banned(bans, length, logits) if bans else None if processors else greedy(logits)
+        tokens = None  # [a]; None: the processors run first
+        if not processors and not config.do_sample:
+            tokens = greedy(logits)
+        elif bans:
+            tokens = greedy_unless_banned(bans, length, logits)
         if tokens is None:
             seen = sequences[:, :length] if full else sequences[active, :length]
             scores = apply_processors(processors, seen, logits, rows=active) if processors else logits  # [a, V]

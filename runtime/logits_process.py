@@ -135,8 +135,22 @@ class NoRepeatNGram:
         return np.where(banned[:, :vocab], np.float32(NEG_INF), scores)
 
 
+class _EosBan:
+    """The min-length processors: EOS ids (`eos_token_ids`) get -inf while the rows hold fewer tokens than
+    `ban_until` (each subclass's property)."""
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        return self.apply_in_place(input_ids, _f32(scores).copy())
+
+    def apply_in_place(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """`scores` is float32 and the caller's to modify (what `apply_processors` uses: one copy per step)."""
+        if np.shape(input_ids)[-1] < self.ban_until:
+            _mask_eos_in_place(scores, self.eos_token_ids)
+        return scores
+
+
 @dataclass(frozen=True)
-class MinLength:
+class MinLength(_EosBan):
     """EOS ids get -inf while the whole row (prompt included) is shorter than `min_length`.
 
     >>> MinLength(4, (2,))(np.zeros((1, 3), np.int64), np.zeros((1, 3), np.float32))
@@ -150,15 +164,6 @@ class MinLength:
         if isinstance(self.min_length, bool) or not isinstance(self.min_length, int) or self.min_length < 0:
             raise ValueError(f"min_length={self.min_length!r} must be a non-negative integer")
 
-    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        return self.apply_in_place(input_ids, _f32(scores).copy())
-
-    def apply_in_place(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """`scores` is float32 and the caller's to modify (what `apply_processors` uses: one copy per step)."""
-        if np.shape(input_ids)[-1] < self.min_length:
-            _mask_eos_in_place(scores, self.eos_token_ids)
-        return scores
-
     @property
     def ban_until(self) -> int:
         """The EOS ids are banned while the rows hold fewer tokens than this (see `ban_schedule`)."""
@@ -166,7 +171,7 @@ class MinLength:
 
 
 @dataclass(frozen=True)
-class MinNewTokensLength:
+class MinNewTokensLength(_EosBan):
     """EOS ids (one or several) get -inf until `min_new_tokens` tokens follow the prompt of `prompt_length_to_skip`.
 
     >>> MinNewTokensLength(3, 2, (1, 2))(np.zeros((1, 4), np.int64), np.zeros((1, 4), np.float32))
@@ -182,15 +187,6 @@ class MinNewTokensLength:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be a non-negative integer")
-
-    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        return self.apply_in_place(input_ids, _f32(scores).copy())
-
-    def apply_in_place(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """`scores` is float32 and the caller's to modify (what `apply_processors` uses: one copy per step)."""
-        if np.shape(input_ids)[-1] - self.prompt_length_to_skip < self.min_new_tokens:
-            _mask_eos_in_place(scores, self.eos_token_ids)
-        return scores
 
     @property
     def ban_until(self) -> int:
@@ -375,8 +371,10 @@ def greedy_unless_banned(schedule: tuple[tuple[int, frozenset[int]], ...], cur_l
     [2]
     """
     tokens = greedy(scores)
-    for until, ids in schedule:
-        if cur_len < until and not ids.isdisjoint(tokens.tolist()):
+    banned = [ids for until, ids in schedule if cur_len < until]
+    if banned:
+        chosen = tokens.tolist()
+        if any(not ids.isdisjoint(chosen) for ids in banned):
             return None
     return tokens
 

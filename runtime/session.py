@@ -28,8 +28,8 @@ def create_session(path: Path, providers: list[str] | None = None, intra_op_thre
         options.intra_op_num_threads = intra_op_threads
     options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise to users
     try:
-        extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
-        return ort.InferenceSession(os.fspath(path), options, providers=providers or ["CPUExecutionProvider"], **extra)
+        return ort.InferenceSession(os.fspath(path), options, providers=providers or ["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled_optimizers))
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, NotImplemented...)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ArtifactError(f"onnxruntime cannot load {path.name}: {first}") from e

@@ -1,5 +1,5 @@
 """modelkiln.runtime over an artifact (the main venv). Also measures the per-step Python overhead outside
-onnxruntime's run and the cold start (import + load + first token) of this fresh process."""
+onnxruntime's run (the cold start has its own runner: cold_start_runner.py)."""
 
 import time
 
@@ -18,8 +18,6 @@ lm = pipe.model
 ids = np.array([prompt_ids])
 mask = np.ones_like(ids)
 config = pipe.generation_config(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-generate(lm, ids, mask, config.merged(max_new_tokens=1, min_new_tokens=1))
-cold_start_s = now() - t_import  # import + load (hash check included) + first token, nothing warm before
 
 # Per-step overhead = decode wall time - time inside onnxruntime's run, per step. DecoderLM.step calls one of
 # these once per step (run_with_iobinding for a fused graph's in-place cache). Measured twice: in wall time, and
@@ -69,6 +67,6 @@ import pathlib  # noqa: E402
 quant = _json.loads((pathlib.Path(model_dir) / "modelkiln.json").read_text()).get("quantization")
 name = "modelkiln " + (f"{quant['weights']} {quant['scheme']}" if quant else
                        "fp32" + (" fused" if lm.in_place else ""))
-report(name, ids.shape[1], new_tokens, load_s, ttft, total, tokens, cold_start_s=cold_start_s,
+report(name, ids.shape[1], new_tokens, load_s, ttft, total, tokens,
        step_overhead_ms=1000 * sorted(overheads)[len(overheads) // 2],
        step_overhead_cpu_ms=1000 * sorted(cpu_overheads)[len(cpu_overheads) // 2])
