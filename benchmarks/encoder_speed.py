@@ -1,12 +1,15 @@
 """Encoder speed, end to end (tokenize -> forward -> pool / classify): eager transformers vs optimum-onnx vs ours,
 fp32 and int8, with each runtime's accuracy against eager.
 
-    .venv/bin/python benchmarks/encoder_speed.py [--repeats 30] [--warmup 2] [--skip-peers] [--only ours,...]
+    .venv/bin/python benchmarks/encoder_speed.py [--repeats 30] [--warmup 0.3] [--skip-peers] [--only ours,...]
 
 Workloads on the real all-MiniLM-L6-v2 (fp32, CPU), each timed as the median of `--repeats` calls, taken
 in 5 rounds interleaved between the runtimes after a warm-up round; in each round every runtime gets a 0.2 s
-pause (so the previous runtime's spinning threads are gone) and `--warmup` untimed calls (so its own are awake):
-steady-state speed, what a service under load sees.
+pause (so the previous runtime's spinning threads are gone), then untimed calls for `--warmup` seconds (so its
+own are awake and the idle vCPUs have ramped up: measured on the int8 pipeline, 31.6 ms median over 6 calls
+after 2 warm-up calls, 25.9 ms after 0.25 s of them, 25.9 ms back to back; a fixed count of warm-up calls would
+give a 79 ms runtime three times the warm-up time of a 26 ms one): steady-state speed, what a service under load
+sees.
   embed   texts -> sentence embeddings (mean pooling + L2 normalization, as sentence-transformers does), at batch 1
           and 32, short (~20 tokens) and long (128 tokens) inputs. eager: transformers' tokenizer + BertModel under
           torch.no_grad + numpy pooling; optimum: transformers 4.57's tokenizer + ORTModelForFeatureExtraction (its
@@ -179,10 +182,14 @@ for line in sys.stdin:
         print(json.dumps({"b32": embed(texts).tolist(), "b1": embed(texts, 1).tolist(),
                           "labels": [r["label"] for r in classifier(texts, batch_size=32)]}), flush=True)
         continue
-    name, key, calls = line.split(" ")
+    name, key, calls, warm = line.split(" ")
     kind, texts, batch = workloads[key]
     embed, classifier = runtimes[name]
     fn = (lambda: embed(texts)) if kind == "embed" else (lambda: classifier(texts, batch_size=batch))
+    start = time.perf_counter()
+    fn()
+    while time.perf_counter() - start < float(warm):
+        fn()
     times = []
     for _ in range(int(calls)):
         t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
@@ -190,7 +197,12 @@ for line in sys.stdin:
 """
 
 
-def timed_calls(fn, calls: int) -> list[float]:
+def timed_calls(fn, calls: int, warm_seconds: float) -> list[float]:
+    """Per-call seconds of `calls` calls, after untimed calls for `warm_seconds` (at least one)."""
+    start = time.perf_counter()
+    fn()
+    while time.perf_counter() - start < warm_seconds:
+        fn()
     times = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -219,8 +231,8 @@ class OptimumPeer:
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
-    def __call__(self, name: str, key: str, calls: int) -> list[float]:
-        return self._ask(f"{name} {key.replace(' ', '_')} {calls}")
+    def __call__(self, name: str, key: str, calls: int, warm_seconds: float) -> list[float]:
+        return self._ask(f"{name} {key.replace(' ', '_')} {calls} {warm_seconds}")
 
     def accuracy(self, name: str, texts: list[str]) -> dict:
         return self._ask(f"accuracy {name} {json.dumps(texts)}")
@@ -238,9 +250,9 @@ def cosines(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed calls per round after the pause, every runtime alike (0: time the calls "
-                             "right after the pause, when the pool threads are still waking up)")
+    parser.add_argument("--warmup", type=float, default=0.3,
+                        help="seconds of untimed calls per round after the pause (at least one call), every "
+                             "runtime alike (0: time the calls right after the pause, threads still waking up)")
     parser.add_argument("--skip-peers", action="store_true", help="eager and ours only")
     parser.add_argument("--only", default="", help="comma-separated runtimes to time besides eager "
                         "(ours, ours-fused, ours-int8, optimum, optimum-int8); default all")
@@ -348,10 +360,10 @@ def main() -> None:
                 # runtime would pay for the previous one's spinning (measured: the fused graph, timed right after
                 # the unfused one, came out slower at batch 1 although it is faster alone)
                 time.sleep(0.2)
-                # the first calls after the pause wake the threads up (the int8 pipeline: 31.5-35 ms on each of
-                # 6 calls after it, 25.4 ms back to back): `--warmup` calls per round are run and not counted
-                measured = (peer(name, key, calls + args.warmup) if name.startswith("optimum")
-                            else timed_calls(runners[name][key], calls + args.warmup))[args.warmup:]
+                # the calls in the first fraction of a second after the pause are slower (threads and vCPUs
+                # waking up): `--warmup` seconds of calls per round are run and not counted
+                measured = (peer(name, key, calls, args.warmup) if name.startswith("optimum")
+                            else timed_calls(runners[name][key], calls, args.warmup))
                 if round_:
                     times[name][key] += measured
     if peer is not None:
@@ -374,7 +386,7 @@ def main() -> None:
     if skipped:
         print(f"\n{skipped}")
     print(f"\n(median of {rounds * calls} calls in {rounds} interleaved rounds, each after a 0.2 s pause and "
-          f"{args.warmup} untimed calls; accuracy on the {len(texts)} held-out "
+          f"{args.warmup} s of untimed calls; accuracy on the {len(texts)} held-out "
           f"texts of validate; torch {torch.__version__}, {torch.get_num_threads()} threads; onnxruntime default "
           f"threads; load average {load_at_start} at the start, {_load_average()} at the end)")
 

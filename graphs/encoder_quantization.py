@@ -7,9 +7,8 @@
 
 Each MatMul with a constant float weight W [K, N] becomes ONNX Runtime's `DynamicQuantizeMatMul(x, W_q, scale)`:
 W_q int8 symmetric, one scale per output column (per_channel) or one for all; x is quantized to uint8 with one
-scale for the whole tensor at run time, and the product runs on the integer (VNNI) kernels. The packed QKV weight
-of a fused `Attention` node is quantized too: the node becomes three MatMuls + MultiHeadAttention first (the CPU
-QAttention kernel cannot take the additive mask our graphs use, and the CPU MultiHeadAttention kernel no packed QKV).
+scale for the whole tensor at run time, and the product runs on the integer (VNNI) kernels. The attention's q, k and
+v projections are three such MatMuls (`fuse_encoder` writes ONNX's Attention over them, see `_standard_attention`).
 
 Why plain dynamic int8 is not enough (all-MiniLM-L6-v2, worst sentence of graphs/encoder_corpus.py against fp32):
 everything int8 gives cosine 0.963 (optimum-onnx's per-tensor config: 0.944). BERT's hidden states carry "massive
@@ -129,7 +128,6 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
     # The guard's variants are sessions from bytes: weights in memory, before any numpy view of the mmap exists.
     ir.external_data.load_to_model(model)
     residual_sums(model)  # the residual sums as one Sum each while the bias moves and routed terms join them
-    split = _split_attention(model)
     candidates = _candidates(model)
     if not candidates:
         raise ModelkilnError("int8 quantization needs MatMul nodes with constant float weights, and this graph has "
@@ -167,7 +165,7 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
     result: dict[str, Any] = {
         "quantized": len(chosen), "outlier_split": len(outliers), "gelu_routed": len(routed),
         "smoothed": len(smoothed), "kept": kept, "kept_as": keep_as, "excluded": excluded,
-        "attention_split": split, "per_channel": per_channel, "reduce_range": reduce_range, "min_cosine": min_cosine,
+"per_channel": per_channel, "reduce_range": reduce_range, "min_cosine": min_cosine,
         "activations": activations,
         "measured_worst_cosine": round(measured.worst_cosine, 6), "measured_mean_cosine": round(measured.mean_cosine, 6),
         "label_changes": measured.label_changes, "tied_label_changes": measured.tied_changes,
@@ -615,54 +613,6 @@ def _add_to_output(graph: ir.Graph, node: ir.Node, term: ir.Value) -> None:
         use.node.replace_input_with(use.idx, add.outputs[0])
     if out.is_graph_output():
         _swap_output(graph, out, add.outputs[0])
-
-
-# ---------------------------------------------------------------------------------------------- attention
-
-
-def _split_attention(model: ir.Model) -> int:
-    """Attention(x, W_qkv, b_qkv, attention_bias=B) -> MultiHeadAttention(x·W_q, x·W_k, x·W_v, bias=b_qkv, B).
-
-    Same math (MultiHeadAttention adds the packed bias to q, k, v itself), with the projections now plain MatMuls
-    the quantizer can take. Three MatMuls rather than one + Split: the CPU MultiHeadAttention kernel does not take
-    packed QKV, and the Split's copy cost more than quantizing x three times (MiniLM, batch 32: 43.9 vs 45.0 ms).
-    Nodes with a mask_index, a past, rotary or causal attention stay as they are.
-    """
-    graph = model.graph
-    count = 0
-    for node in list(graph):
-        if node.op_type != "Attention" or node.domain != MS_DOMAIN:
-            continue
-        inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
-        x, weight, bias, mask_index, past, attention_bias = inputs[:6]
-        attrs = node.attributes
-        if (mask_index is not None or past is not None or len(node.inputs) > 6 or attrs.get_int("unidirectional", 0)
-                or attrs.get_int("do_rotary", 0) or weight is None or not weight.is_initializer()
-                or weight.const_value is None
-                or len(node.outputs) > 1 and any(o.uses() or o.is_graph_output() for o in node.outputs[1:])):
-            continue
-        hidden = weight.shape[1] // 3
-        sizes = attrs.get_ints("qkv_hidden_sizes", None)
-        if weight.shape[1] % 3 or (sizes is not None and len(set(sizes)) != 1):
-            continue
-        prefix = node.name or f"attention_{count}"
-        base = weight.name.removesuffix(".weight").removesuffix(".qkv")
-        w = weight.const_value.numpy()
-        projections = [ir.node("MatMul", [x, _initializer(graph, f"{base}.{part}.weight",
-                                                          np.ascontiguousarray(w[:, i * hidden:(i + 1) * hidden]))],
-                               name=f"{prefix}_{part}") for i, part in enumerate(("query", "key", "value"))]
-        mha_attrs: dict[str, Any] = {"num_heads": attrs.get_int("num_heads")}
-        for name in ("scale", "mask_filter_value"):
-            if name in attrs:
-                mha_attrs[name] = attrs.get_float(name)
-        mha = ir.node("MultiHeadAttention", [*(p.outputs[0] for p in projections), bias, None, attention_bias],
-                      attributes=mha_attrs, domain=MS_DOMAIN, name=f"{prefix}_mha")
-        for new in (*projections, mha):
-            graph.insert_before(node, new)
-        _replace(graph, node.outputs[0], mha.outputs[0])
-        graph.remove(node, safe=True)
-        count += 1
-    return count
 
 
 def _tidy(model: ir.Model) -> None:

@@ -49,8 +49,7 @@ def test_fused_graph_equals_unfused(tmp_path, family, task, attention):
         assert after["graphs"]["model"][key] == before["graphs"]["model"][key]
     result = after["graphs"]["model"]["passes"][-1]["result"]
     if attention:
-        # (a [CLS] head's last attention has one query: MultiHeadAttention, see test_first_token_only_last_layer)
-        assert result["Attention"] + result.get("MultiHeadAttention", 0) == 2
+        assert result["Attention"] == 2  # ONNX's Attention (opset 23) over three projections each
         assert result["unfused_attention_softmax"] == 0
     else:  # DeBERTa's disentangled attention stays as it is, the rest still fuses
         assert "Attention" not in result and result["unfused_attention_softmax"] == 2
@@ -58,6 +57,7 @@ def test_fused_graph_equals_unfused(tmp_path, family, task, attention):
     ops = {n.op_type for n in ir.load(out / "model.onnx").graph}
     assert "SkipLayerNormalization" not in ops  # slower than Add + LayerNorm on onnxruntime 1.31's CPU kernels
     assert "Sum" not in ops  # residual sums as Adds: faster than Sum
+    assert not {"MultiHeadAttention", "QAttention"} & ops
     # a [CLS] head: the last layer runs for token 0 alone (the outputs above are equal)
     assert (result["first_token_only_nodes"] > 0) == (task == "text-classification")
 
@@ -73,7 +73,14 @@ def test_fused_artifact_passes_fp32_validate(tmp_path):
 def test_bert_fusion_counts_and_embed_layer_norm():
     model = ir.load(get_artifact("bert", "text-classification") / "model.onnx")
     result = encoder_fusions.fuse_encoder(model)
-    assert result["Attention"] == 1 and result["MultiHeadAttention"] == 1  # the last one for [CLS] alone
+    assert result["Attention"] == 2
+    attention = [n for n in model.graph if n.op_type == "Attention"]
+    assert [n.domain for n in attention] == ["", ""] and model.opset_imports[""] >= 23
+    assert all(n.attributes.get_int("q_num_heads") == n.attributes.get_int("kv_num_heads") == 4 for n in attention)
+    # the last one for [CLS] alone: its query is token 0's, sliced before the query projection
+    query = attention[1].inputs[0].producer().inputs[0].producer()  # Add(MatMul(Slice(x), W_q), b_q)
+    assert query.op_type == "MatMul" and query.inputs[0].producer().op_type == "Slice"
+    assert attention[1].inputs[1].producer().inputs[0].producer().inputs[0].producer().op_type != "Slice"
     assert result["EmbedLayerNormalization"] == 1 and result["BiasGelu"] == 2
     # keeping SkipLayerNormalization is an option
     model = ir.load(get_artifact("bert", "text-classification") / "model.onnx")
@@ -105,7 +112,7 @@ def test_runtime_session_keeps_residual_adds_unfused(tmp_path):
 @pytest.mark.parametrize("family", ["bert", "deberta-v2"])
 def test_first_token_only_last_layer(family):
     """A [CLS] head: the last layer computed for token 0 alone gives the same logits (padding included); BERT's
-    fused attention gets one query, DeBERTa's unfused one stays whole and the rewrite starts after it."""
+    attention gets one query, DeBERTa's unfused one stays whole and the rewrite starts after it."""
     import onnxruntime as ort
 
     src = get_artifact(family, "text-classification")
@@ -126,7 +133,8 @@ def test_first_token_only_last_layer(family):
     assert moved[0] == 0 and moved[1] >= 6  # at least the FFN: MatMul, BiasGelu, MatMul, Add, Add, LayerNorm
     assert ops[1].count("Slice") > ops[0].count("Slice")
     if family == "bert":
-        assert ops[1].count("Attention") == ops[0].count("Attention") - 1 and "MultiHeadAttention" in ops[1]
+        # the query projection moves to token 0 too (MatMul, Add), keys and values do not
+        assert ops[1].count("Attention") == ops[0].count("Attention") and moved[1] >= 9
 
 
 def test_runtime_pipelines_on_fused_artifact(tmp_path):
