@@ -194,11 +194,14 @@ def _standard_attention(model: ir.Model) -> int:
 
 def _plain_self_attention(node: ir.Node) -> bool:
     """A contrib Attention `_standard_attention` converts: constant packed weight (and bias) with equal q/k/v
-    sizes, an additive mask (attention_bias) or none, no mask_index, no past, not causal, no rotary."""
+    sizes, an additive mask (attention_bias) [batch or 1, heads or 1, queries, keys] or none, no mask_index, no
+    past, not causal, no rotary."""
     if node.op_type != "Attention" or node.domain != MS_DOMAIN:
         return False
     inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
-    weight, bias, mask_index, past = inputs[1:5]
+    weight, bias, mask_index, past, mask = inputs[1:6]
+    if mask is not None and (mask.shape is None or len(mask.shape) != 4 or mask.shape[2] == 1):
+        return False  # onnxruntime's CPU kernel does not broadcast a mask over the queries (1.31)
     attrs = node.attributes
     sizes = attrs.get_ints("qkv_hidden_sizes", None)
     return (mask_index is None and past is None and len(node.inputs) <= 6 and not attrs.get_int("unidirectional", 0)

@@ -106,18 +106,10 @@ class EncoderModel:
     # ------------------------------------------------------------------ running
     def run(self, features: list[Feature], batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
         """Every feature's outputs, batch by batch, each trimmed to the feature's own length."""
-        if not features:
-            return []
-        if self.pad_id is None and (batch_size or 1) > 1 and len({len(f) for f in features}) > 1:
-            raise ModelkilnError("this tokenizer has no pad_token, so inputs of different lengths cannot be batched; "
-                                 "use batch_size=1")
-        batch_size = max(1, int(batch_size or 1))
-        order = sorted(range(len(features)), key=lambda i: len(features[i]))
         results: list[dict[str, np.ndarray] | None] = [None] * len(features)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            outputs, width = self._run_padded([features[i] for i in chunk])
-            left = self.tokenizer.padding_side == "left"
+        left = self.tokenizer.padding_side == "left"
+        for chunk, outputs, mask in self.run_batches(features, batch_size):
+            width = mask.shape[1]
             for row, i in enumerate(chunk):
                 n = len(features[i])
                 keep = slice(width - n, width) if left else slice(0, n)
@@ -125,24 +117,41 @@ class EncoderModel:
                               for name, out in zip(self.output_names, outputs)}
         return results  # type: ignore[return-value]
 
-    def _run_padded(self, batch: list[Feature]) -> tuple[list[np.ndarray], int]:
+    def run_batches(self, features: list[Feature], batch_size: int | None = None):
+        """(row indices, the graph's outputs for those rows padded to the batch's width, their attention mask
+        [rows, width]) for each length-sorted batch: for callers that reduce over the tokens (pooling) in one numpy
+        call per batch instead of one per row."""
+        if not features:
+            return
+        if self.pad_id is None and (batch_size or 1) > 1 and len({len(f) for f in features}) > 1:
+            raise ModelkilnError("this tokenizer has no pad_token, so inputs of different lengths cannot be batched; "
+                                 "use batch_size=1")
+        batch_size = max(1, int(batch_size or 1))
+        order = sorted(range(len(features)), key=lambda i: len(features[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            outputs, mask = self._run_padded([features[i] for i in chunk])
+            yield chunk, outputs, mask
+
+    def _run_padded(self, batch: list[Feature]) -> tuple[list[np.ndarray], np.ndarray]:
         width = max(len(f) for f in batch)
-        ids = np.full((len(batch), width), self.pad_id or 0, dtype=np.int64)  # [batch, width]
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        types = np.full((len(batch), width), self.tokenizer.pad_token_type_id, dtype=np.int64)
         left = self.tokenizer.padding_side == "left"
-        for row, f in enumerate(batch):
-            cols = slice(width - len(f), width) if left else slice(0, len(f))
-            ids[row, cols] = f.input_ids
-            mask[row, cols] = f.attention_mask
-            types[row, cols] = f.token_type_ids if f.token_type_ids else 0
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+        def padded(rows: list[list[int]], value: int) -> np.ndarray:  # [batch, width], one conversion
+            fill = [[value] * (width - len(r)) for r in rows]
+            return np.array([f + r if left else r + f for r, f in zip(rows, fill)], dtype=np.int64)
+
+        feed = {"input_ids": padded([f.input_ids for f in batch], self.pad_id or 0),
+                "attention_mask": padded([f.attention_mask for f in batch], 0)}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = padded([f.token_type_ids or [0] * len(f) for f in batch],
+                                            self.tokenizer.pad_token_type_id)
         try:
             outputs = self.session.run(self.output_names, {name: feed[name] for name in self.input_names})
         except Exception as e:  # onnxruntime's own exception types; a bad id or length is the usual cause
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelkilnError(f"the model could not run on this input ({width} tokens): {first}") from e
-        return outputs, width
+        return outputs, feed["attention_mask"]
 
 
 class EncoderPipeline(abc.ABC):

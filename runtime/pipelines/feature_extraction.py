@@ -75,29 +75,37 @@ class SentenceSimilarityPipeline(EncoderPipeline):
         check_texts(texts, "sentence")
         limit = self.max_seq_length or self.model.max_length
         enc = self.model.encode(texts, truncation=True, max_length=limit) if limit else self.model.encode(texts)
-        rows = self.model.run(self.model.features(enc), batch_size)
-        embeddings = np.stack([self.pool(row["last_hidden_state"]) for row in rows])  # [n, dim * modes]
+        features = self.model.features(enc)
+        embeddings = np.empty((len(features), 0), dtype=np.float32)
+        for chunk, outputs, mask in self.model.run_batches(features, batch_size):
+            pooled = self.pool(outputs[self.model.output_names.index("last_hidden_state")], mask)
+            if not embeddings.shape[1]:
+                embeddings = np.empty((len(features), pooled.shape[1]), dtype=np.float32)
+            embeddings[chunk] = pooled  # [n, dim * modes], in input order
         if self.normalize or params["normalize_embeddings"]:
             norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
             embeddings = embeddings / np.maximum(norms, 1e-12)  # torch.nn.functional.normalize's eps
         return embeddings[0] if single else embeddings
 
-    def pool(self, hidden: np.ndarray) -> np.ndarray:
-        """One row's token states [length, hidden] -> its sentence vector (rows arrive unpadded: mask is all 1)."""
+    def pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """A padded batch's token states [rows, width, hidden] and attention mask [rows, width] -> its sentence
+        vectors [rows, hidden * modes], as sentence-transformers' Pooling computes them."""
+        weights = mask[..., None].astype(hidden.dtype)  # [rows, width, 1]
+        counts = np.maximum(weights.sum(axis=1), 1e-9)  # [rows, 1]
         parts = []
         for mode in self.pooling_modes:
-            if mode == "cls":
-                parts.append(hidden[0])
+            if mode == "cls":  # the first real token (left padding puts it after the pads)
+                parts.append(hidden[np.arange(len(hidden)), mask.argmax(axis=1)])
             elif mode == "max":
-                parts.append(hidden.max(axis=0))
+                parts.append(np.where(weights > 0, hidden, -1e9).max(axis=1))
             elif mode == "mean":
-                parts.append(hidden.sum(axis=0) / max(hidden.shape[0], 1e-9))
+                parts.append((hidden * weights).sum(axis=1) / counts)
             elif mode == "mean_sqrt_len":
-                parts.append(hidden.sum(axis=0) / np.sqrt(max(hidden.shape[0], 1e-9)))
+                parts.append((hidden * weights).sum(axis=1) / np.sqrt(counts))
             else:
                 raise ModelkilnError(f"pooling mode {mode!r} in the manifest is not supported; re-export the "
                                      "artifact")
-        return np.concatenate(parts).astype(np.float32)
+        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

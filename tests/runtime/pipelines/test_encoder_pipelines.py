@@ -216,3 +216,24 @@ def test_minilm_matches_sentence_transformers(minilm_artifact):
     reference = expected[-2] @ np.stack([expected[-1], expected[0]]).T
     np.testing.assert_allclose(scores, reference, atol=1e-4)
     assert scores[0] > scores[1]  # paraphrase beats an unrelated sentence
+
+
+def test_pooling_modes_match_sentence_transformers(minilm_artifact):
+    """Every pooling mode, on padded batches of unequal lengths (the pipeline pools a whole batch at once, its
+    padding masked out), equals sentence-transformers' Pooling on the same transformer."""
+    from modelkiln.exporter.embedded import resolve_embedded
+    from sentence_transformers import SentenceTransformer, models
+
+    modes = ["cls", "max", "mean", "mean_sqrt_len"]
+    transformer = models.Transformer(str(resolve_embedded("all-minilm-l6-v2")), max_seq_length=256)
+    pooling = models.Pooling(384, pooling_mode_cls_token=True, pooling_mode_max_tokens=True,
+                             pooling_mode_mean_tokens=True, pooling_mode_mean_sqrt_len_tokens=True)
+    st = SentenceTransformer(modules=[transformer, pooling], device="cpu")
+    ours = pipeline("sentence-similarity", model=minilm_artifact("sentence-similarity"))
+    ours.pooling_modes, ours.normalize = modes, False
+    sentences = TEXTS + ["A man is eating food.", "Hi", LONG]
+    expected = st.encode(sentences, batch_size=4)
+    for batch_size in (4, 1):
+        got = ours.encode(sentences, batch_size=batch_size)
+        assert got.shape == expected.shape == (len(sentences), 4 * 384)
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
