@@ -75,6 +75,8 @@ def fuse_encoder(model: ir.Model, *, embed_layer_norm: bool = True, skip_layer_n
     residual_sums = 0 if skip_layer_norm else _unfuse_skip_layer_norm(model)
     ir_common.TopologicalSortPass()(model)
     first_token = _first_token_only(model) if first_token_only else 0
+    ir_common.RemoveUnusedNodesPass()(model)  # (the full-length last layer the first-token rewrite replaced)
+    bias_folds = _fold_key_value_biases(model)
     if not skip_layer_norm:
         residual_adds(model)
     ir_common.RemoveUnusedNodesPass()(model)
@@ -90,6 +92,7 @@ def fuse_encoder(model: ir.Model, *, embed_layer_norm: bool = True, skip_layer_n
     result["residual_sum_layer_norm"] = residual_sums  # SkipLayerNormalization written as Adds + LayerNormalization
     result["packed_weights_folded"] = folded
     result["first_token_only_nodes"] = first_token
+    result["key_value_biases_folded"] = bias_folds
     result["rules"] = {name: n for name, n in rule_counts.items() if n}
     return result
 
@@ -190,6 +193,73 @@ def _standard_attention(model: ir.Model) -> int:
         model.opset_imports[""] = max(model.opset_imports.get("", 0), ONNX_ATTENTION_OPSET)
         model.ir_version = max(model.ir_version or 0, ONNX_ATTENTION_IR_VERSION)
     return count
+
+
+def _fold_key_value_biases(model: ir.Model) -> int:
+    """Attention(q, x·W_k + b_k, x·W_v + b_v) -> Attention(q, x·W_k, x·W_v), b_v·W_o joining the output projection's
+    bias: two full-size Adds per layer fewer (all-MiniLM-L6-v2 at [32, 20]: ~0.16 ms a layer; at [1, 20], 12 of
+    the graph's ~110 nodes).
+
+    Exact in real arithmetic: the key bias adds q_i·b_k to every score of query i, a shift softmax ignores; each
+    row of attention weights sums to one, so the value bias comes out as b_v at every token, and through the output
+    projection as b_v·W_o. In float the results differ by rounding (the scores by ~1e-7 relative). The value bias
+    moves only where the output projection is a MatMul whose bias is a constant term of the residual sum that
+    alone reads it (`Sum` form, before `residual_adds`). Returns the number of biases removed."""
+    graph = model.graph
+    folded = 0
+    for node in list(graph):
+        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 3:
+            continue
+        key, value = _biased_projection(node.inputs[1]), _biased_projection(node.inputs[2])
+        if key is not None:
+            node.replace_input_with(1, key[0])
+            folded += 1
+        target = _output_projection_bias(node) if value is not None else None
+        if target is not None:
+            projected, bias_node, index = target
+            b_v = value[1].const_value.numpy().astype(np.float64)
+            b_o = bias_node.inputs[index].const_value.numpy().astype(np.float64)
+            merged = (b_o + b_v @ projected.astype(np.float64)).astype(np.float32)
+            name = bias_node.inputs[index].name or "output_bias"
+            bias_node.replace_input_with(index, _new_initializer(graph, f"{name}_with_value_bias", merged))
+            node.replace_input_with(2, value[0])
+            folded += 1
+    return folded
+
+
+def _biased_projection(value: ir.Value | None) -> tuple[ir.Value, ir.Value] | None:
+    """(x·W, b) for a value Add(MatMul(x, W), b) with constant 1-D b that only attentions read."""
+    add = _producer(value, "Add")
+    if add is None or value.is_graph_output() or any(use.node.op_type != "Attention" for use in value.uses()):
+        return None
+    product, bias = add.inputs
+    if bias is None or bias.const_value is None or len(bias.shape or ()) != 1:
+        product, bias = bias, product
+    if (bias is None or bias.const_value is None or len(bias.shape or ()) != 1 or _producer(product, "MatMul") is None
+            or product.const_value is not None):
+        return None
+    return product, bias
+
+
+def _output_projection_bias(attention: ir.Node) -> tuple[np.ndarray, ir.Node, int] | None:
+    """(W_o, the node holding b_o, its input index) for an attention whose output only MatMul(·, W_o) reads, whose
+    product only one `Sum`/`Add` reads, that with a constant 1-D term b_o of W_o's width."""
+    uses = attention.outputs[0].uses()
+    if len(uses) != 1 or attention.outputs[0].is_graph_output():
+        return None
+    projection = uses[0].node
+    weight = projection.inputs[1] if projection.op_type == "MatMul" and uses[0].idx == 0 else None
+    if weight is None or weight.const_value is None or len(weight.shape) != 2:
+        return None
+    readers = projection.outputs[0].uses()
+    if len(readers) != 1 or projection.outputs[0].is_graph_output() or readers[0].node.op_type not in ("Sum", "Add"):
+        return None
+    total = readers[0].node
+    for index, term in enumerate(total.inputs):
+        if (term is not None and term.const_value is not None and term.shape is not None
+                and tuple(term.shape) == (weight.shape[1],)):
+            return weight.const_value.numpy(), total, index
+    return None
 
 
 def _plain_self_attention(node: ir.Node) -> bool:

@@ -80,7 +80,11 @@ def test_bert_fusion_counts_and_embed_layer_norm():
     # the last one for [CLS] alone: its query is token 0's, sliced before the query projection
     query = attention[1].inputs[0].producer().inputs[0].producer()  # Add(MatMul(Slice(x), W_q), b_q)
     assert query.op_type == "MatMul" and query.inputs[0].producer().op_type == "Slice"
-    assert attention[1].inputs[1].producer().inputs[0].producer().inputs[0].producer().op_type != "Slice"
+    # keys and values without their biases (a shift softmax ignores; b_v·W_o joins the output projection's bias),
+    # so they read the projections directly, from every token
+    assert result["key_value_biases_folded"] == 4
+    assert all(n.inputs[i].producer().op_type == "MatMul" for n in attention for i in (1, 2))
+    assert attention[1].inputs[1].producer().inputs[0].producer().op_type != "Slice"
     assert result["EmbedLayerNormalization"] == 1 and result["BiasGelu"] == 2
     # keeping SkipLayerNormalization is an option
     model = ir.load(get_artifact("bert", "text-classification") / "model.onnx")
