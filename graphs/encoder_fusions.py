@@ -51,13 +51,15 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "Embed
 
 @register_pass("fuse_encoder")
 def fuse_encoder(model: ir.Model, *, embed_layer_norm: bool = True, skip_layer_norm: bool = False,
-                 first_token_only: bool = True, context: PassContext | None = None) -> dict[str, Any]:
+                 first_token_only: bool = True, fold_value_bias: bool = True,
+                 context: PassContext | None = None) -> dict[str, Any]:
     """Fuse in place; returns {op: count} for each fused op present, plus what is left unfused.
 
     `skip_layer_norm=False` (the default) writes residual + LayerNorm as Adds + LayerNormalization instead of
     SkipLayerNormalization: see `_unfuse_skip_layer_norm` and `residual_adds` for the measurements.
     `first_token_only`: a head that reads only the first token ([CLS] pooling) gets the last layer computed for that
-    token alone (`_first_token_only`)."""
+    token alone (`_first_token_only`). `fold_value_bias`: the value projection's bias joins the output projection's
+    (`_fold_key_value_biases`; the int8 pass turns it off, see `plan_quantize`)."""
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     task = (context.manifest.get("task") if context is not None else None) or "feature-extraction"
@@ -76,7 +78,7 @@ def fuse_encoder(model: ir.Model, *, embed_layer_norm: bool = True, skip_layer_n
     ir_common.TopologicalSortPass()(model)
     first_token = _first_token_only(model) if first_token_only else 0
     ir_common.RemoveUnusedNodesPass()(model)  # (the full-length last layer the first-token rewrite replaced)
-    bias_folds = _fold_key_value_biases(model)
+    bias_folds = _fold_key_value_biases(model, value=fold_value_bias)
     if not skip_layer_norm:
         residual_adds(model)
     ir_common.RemoveUnusedNodesPass()(model)
@@ -195,7 +197,7 @@ def _standard_attention(model: ir.Model) -> int:
     return count
 
 
-def _fold_key_value_biases(model: ir.Model) -> int:
+def _fold_key_value_biases(model: ir.Model, value: bool = True) -> int:
     """Attention(q, x·W_k + b_k, x·W_v + b_v) -> Attention(q, x·W_k, x·W_v), b_v·W_o joining the output projection's
     bias: two full-size Adds per layer fewer (all-MiniLM-L6-v2 at [32, 20]: ~0.16 ms a layer; at [1, 20], 12 of
     the graph's ~110 nodes).
@@ -210,19 +212,20 @@ def _fold_key_value_biases(model: ir.Model) -> int:
     for node in list(graph):
         if node.op_type != "Attention" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 3:
             continue
-        key, value = _biased_projection(node.inputs[1]), _biased_projection(node.inputs[2])
+        key = _biased_projection(node.inputs[1])
+        biased_value = _biased_projection(node.inputs[2]) if value else None
         if key is not None:
             node.replace_input_with(1, key[0])
             folded += 1
-        target = _output_projection_bias(node) if value is not None else None
+        target = _output_projection_bias(node) if biased_value is not None else None
         if target is not None:
             projected, bias_node, index = target
-            b_v = value[1].const_value.numpy().astype(np.float64)
+            b_v = biased_value[1].const_value.numpy().astype(np.float64)
             b_o = bias_node.inputs[index].const_value.numpy().astype(np.float64)
             merged = (b_o + b_v @ projected.astype(np.float64)).astype(np.float32)
             name = bias_node.inputs[index].name or "output_bias"
             bias_node.replace_input_with(index, _new_initializer(graph, f"{name}_with_value_bias", merged))
-            node.replace_input_with(2, value[0])
+            node.replace_input_with(2, biased_value[0])
             folded += 1
     return folded
 

@@ -12,7 +12,7 @@ import onnx_ir as ir
 import pytest
 from encoder_fixtures import get_artifact, get_checkpoint
 
-from modelkiln.exporter.transform import transform
+from modelkiln.exporter.transform import plan_quantize, transform
 from modelkiln.graphs import encoder_fusions
 from modelkiln.graphs.passes import PassContext
 from modelkiln.runtime.errors import ModelkilnError
@@ -85,6 +85,12 @@ def test_bert_fusion_counts_and_embed_layer_norm():
     assert result["key_value_biases_folded"] == 4
     assert all(n.inputs[i].producer().op_type == "MatMul" for n in attention for i in (1, 2))
     assert attention[1].inputs[1].producer().inputs[0].producer().op_type != "Slice"
+    # the int8 plan keeps the value bias in place (moved, it shifts the output projection's int8 input)
+    fuse = [p for p in plan_quantize({"task": "text-classification", "graphs": {"model": {"passes": []}}}, "int8")
+            if p[0] == "fuse_encoder"]
+    assert fuse == [("fuse_encoder", {"fold_value_bias": False})]
+    model = ir.load(get_artifact("bert", "text-classification") / "model.onnx")
+    assert encoder_fusions.fuse_encoder(model, **fuse[0][1])["key_value_biases_folded"] == 2  # the keys' only
     assert result["EmbedLayerNormalization"] == 1 and result["BiasGelu"] == 2
     # keeping SkipLayerNormalization is an option
     model = ir.load(get_artifact("bert", "text-classification") / "model.onnx")
