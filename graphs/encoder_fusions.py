@@ -87,7 +87,8 @@ def fuse_encoder(model: ir.Model, *, embed_layer_norm: bool = True, skip_layer_n
     counts = collections.Counter(node.op_type for node in model.graph if node.domain == MS_DOMAIN)
     result: dict[str, Any] = {op: counts[op] for op in FUSED_OPS if counts[op]}
     if attention:
-        result["Attention"] = attention  # ONNX's (opset 23), from contrib Attention: see _standard_attention
+        # ONNX's (opset 23), from contrib Attention (see _standard_attention), with any contrib one left
+        result["Attention"] = result.get("Attention", 0) + attention
     assert embed == counts["EmbedLayerNormalization"]
     # what did not fuse: a Softmax left means an attention pattern onnxscript did not recognize (DeBERTa, MPNet)
     result["unfused_attention_softmax"] = sum(node.op_type == "Softmax" for node in model.graph)
@@ -212,8 +213,8 @@ def _fold_key_value_biases(model: ir.Model, value: bool = True) -> int:
     for node in list(graph):
         if node.op_type != "Attention" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 3:
             continue
-        key = _biased_projection(node.inputs[1])
-        biased_value = _biased_projection(node.inputs[2]) if value else None
+        key = _biased_projection(node.inputs[1], 1)
+        biased_value = _biased_projection(node.inputs[2], 2) if value else None
         if key is not None:
             node.replace_input_with(1, key[0])
             folded += 1
@@ -230,10 +231,12 @@ def _fold_key_value_biases(model: ir.Model, value: bool = True) -> int:
     return folded
 
 
-def _biased_projection(value: ir.Value | None) -> tuple[ir.Value, ir.Value] | None:
-    """(x·W, b) for a value Add(MatMul(x, W), b) with constant 1-D b that only attentions read."""
+def _biased_projection(value: ir.Value | None, index: int) -> tuple[ir.Value, ir.Value] | None:
+    """(x·W, b) for a value Add(MatMul(x, W), b) with constant 1-D b that only attentions read, all as their input
+    `index` (the keys, or the values)."""
     add = _producer(value, "Add")
-    if add is None or value.is_graph_output() or any(use.node.op_type != "Attention" for use in value.uses()):
+    if add is None or value.is_graph_output() or any(use.node.op_type != "Attention" or use.idx != index
+                                                     for use in value.uses()):
         return None
     product, bias = add.inputs
     if bias is None or bias.const_value is None or len(bias.shape or ()) != 1:

@@ -76,12 +76,12 @@ class SentenceSimilarityPipeline(EncoderPipeline):
         limit = self.max_seq_length or self.model.max_length
         enc = self.model.encode(texts, truncation=True, max_length=limit) if limit else self.model.encode(texts)
         features = self.model.features(enc)
-        embeddings = np.empty((len(features), 0), dtype=np.float32)
-        for chunk, outputs, mask in self.model.run_batches(features, batch_size):
-            pooled = self.pool(outputs[self.model.output_names.index("last_hidden_state")], mask)
-            if not embeddings.shape[1]:
-                embeddings = np.empty((len(features), pooled.shape[1]), dtype=np.float32)
-            embeddings[chunk] = pooled  # [n, dim * modes], in input order
+        hidden = self.model.output_names.index("last_hidden_state")
+        batches = [(chunk, self.pool(outputs[hidden], mask))
+                   for chunk, outputs, mask in self.model.run_batches(features, batch_size)]
+        embeddings = np.empty((len(features), batches[0][1].shape[1]), dtype=np.float32)  # [n, dim * modes]
+        for chunk, pooled in batches:
+            embeddings[chunk] = pooled  # back in input order
         if self.normalize or params["normalize_embeddings"]:
             norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
             embeddings = embeddings / np.maximum(norms, 1e-12)  # torch.nn.functional.normalize's eps

@@ -222,12 +222,12 @@ def test_pooling_modes_match_sentence_transformers(minilm_artifact):
     """Every pooling mode, on padded batches of unequal lengths (the pipeline pools a whole batch at once, its
     padding masked out), equals sentence-transformers' Pooling on the same transformer."""
     from modelkiln.exporter.embedded import resolve_embedded
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    modes = ["cls", "max", "mean", "mean_sqrt_len"]
-    transformer = models.Transformer(str(resolve_embedded("all-minilm-l6-v2")), max_seq_length=256)
-    pooling = models.Pooling(384, pooling_mode_cls_token=True, pooling_mode_max_tokens=True,
-                             pooling_mode_mean_tokens=True, pooling_mode_mean_sqrt_len_tokens=True)
+    modes = ["cls", "max", "mean", "mean_sqrt_len"]  # (sentence-transformers' order, which the manifest keeps)
+    transformer = Transformer(str(resolve_embedded("all-minilm-l6-v2")), max_seq_length=256)
+    pooling = Pooling(384, pooling_mode=["cls", "max", "mean", "mean_sqrt_len_tokens"])
     st = SentenceTransformer(modules=[transformer, pooling], device="cpu")
     ours = pipeline("sentence-similarity", model=minilm_artifact("sentence-similarity"))
     ours.pooling_modes, ours.normalize = modes, False
