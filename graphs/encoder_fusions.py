@@ -241,34 +241,29 @@ def _biased_projection(value: ir.Value | None, index: int) -> tuple[ir.Value, ir
     if add is None or value.is_graph_output() or any(use.node.op_type != "Attention" or use.idx != index
                                                      for use in value.uses()):
         return None
-    product, bias = add.inputs
-    if bias is None or bias.const_value is None or len(bias.shape or ()) != 1:
-        product, bias = bias, product
-    if (bias is None or bias.const_value is None or len(bias.shape or ()) != 1 or _producer(product, "MatMul") is None
-            or product.const_value is not None):
-        return None
-    return product, bias
+    for product in add.inputs:
+        if _producer(product, "MatMul") is not None:
+            after, bias = bias_after(product)
+            if after is add:
+                return product, bias
+    return None
 
 
 def _output_projection_bias(attention: ir.Node) -> tuple[np.ndarray, ir.Node, int] | None:
-    """(W_o, the node holding b_o, its input index) for an attention whose output only MatMul(·, W_o) reads, whose
-    product only one `Sum`/`Add` reads, that with a constant 1-D term b_o of W_o's width."""
-    uses = attention.outputs[0].uses()
-    if len(uses) != 1 or attention.outputs[0].is_graph_output():
+    """(W_o, the node holding b_o, its input index) for an attention whose output only MatMul(·, W_o) reads, and
+    whose product's bias is an Add after it or a constant term of the residual `Sum` that alone reads it."""
+    projection = only_use(attention.outputs[0])
+    if projection is None or projection.op_type != "MatMul" or projection.inputs[0] is not attention.outputs[0]:
         return None
-    projection = uses[0].node
-    weight = projection.inputs[1] if projection.op_type == "MatMul" and uses[0].idx == 0 else None
+    weight = projection.inputs[1]
     if weight is None or weight.const_value is None or len(weight.shape) != 2:
         return None
-    readers = projection.outputs[0].uses()
-    if len(readers) != 1 or projection.outputs[0].is_graph_output() or readers[0].node.op_type not in ("Sum", "Add"):
+    holder, bias = bias_after(projection.outputs[0])
+    if holder is None:
+        holder, bias = bias_in_sum(projection.outputs[0], weight.shape[1])
+    if holder is None:
         return None
-    total = readers[0].node
-    for index, term in enumerate(total.inputs):
-        if (term is not None and term.const_value is not None and term.shape is not None
-                and tuple(term.shape) == (weight.shape[1],)):
-            return weight.const_value.numpy(), total, index
-    return None
+    return weight.const_value.numpy(), holder, list(holder.inputs).index(bias)
 
 
 def _plain_self_attention(node: ir.Node) -> bool:
@@ -429,6 +424,47 @@ def _replace(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
         new.name, new.shape, new.dtype = name, shape, dtype
         graph.outputs[index] = new
     old.replace_all_uses_with(new)
+
+
+# ---------------------------------------------------------------------------------------------- biases
+
+
+def bias_after(out: ir.Value) -> tuple[ir.Node | None, ir.Value | None]:
+    """The Add(out, bias[N]) or BiasGelu(out, bias[N]) that is out's only use, if any (the int8 pass moves the
+    bias into DynamicQuantizeMatMul's bias input)."""
+    uses = list(out.uses())
+    if len(uses) != 1 or out.is_graph_output():
+        return None, None
+    after, index = uses[0].node, uses[0].idx
+    if after.op_type == "Add" and after.domain in ("", "ai.onnx"):
+        bias = after.inputs[1 - index]
+    elif after.op_type == "BiasGelu" and after.domain == MS_DOMAIN and index == 0:
+        bias = after.inputs[1]
+    else:
+        return None, None
+    if bias is None or not bias.is_initializer() or bias.const_value is None or len(bias.shape) != 1:
+        return None, None
+    return after, bias
+
+
+def bias_in_sum(out: ir.Value, columns: int) -> tuple[ir.Node | None, ir.Value | None]:
+    """The Sum that is out's only reader and adds one constant [columns] vector (a bias) among full-size terms."""
+    total = only_use(out)
+    if total is None or total.op_type != "Sum" or total.domain not in ("", "ai.onnx"):
+        return None, None
+    biases = [v for v in total.inputs if v is not None and v.const_value is not None and len(v.shape) == 1
+              and v.shape[0] == columns]
+    if len(biases) != 1 or len(total.inputs) < 3 or list(total.inputs).count(out) != 1:
+        return None, None
+    return total, biases[0]
+
+
+def only_use(value: ir.Value | None) -> ir.Node | None:
+    """The node that reads `value`, when it is its only reader and `value` is not a graph output."""
+    if value is None or value.is_graph_output():
+        return None
+    uses = list(value.uses())
+    return uses[0].node if len(uses) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------- first token

@@ -73,7 +73,7 @@ import onnx_ir as ir
 
 from modelkiln.graphs.encoder_accuracy import EMBEDDING_TASKS, Agreement, agreement
 from modelkiln.graphs.encoder_corpus import QUESTION_CONTEXTS, SENTENCES
-from modelkiln.graphs.encoder_fusions import residual_adds, residual_sums
+from modelkiln.graphs.encoder_fusions import bias_after, bias_in_sum, only_use, residual_adds, residual_sums
 from modelkiln.graphs.initializers import add_initializer as _initializer
 from modelkiln.graphs.initializers import shared_initializer
 from modelkiln.graphs.passes import PassContext, register_pass
@@ -170,7 +170,7 @@ def quantize_dynamic_int8(model: ir.Model, *, per_channel: bool = True, min_cosi
     result: dict[str, Any] = {
         "quantized": len(chosen), "outlier_split": len(outliers), "gelu_routed": len(routed),
         "smoothed": len(smoothed), "kept": kept, "kept_as": keep_as, "excluded": excluded,
-"per_channel": per_channel, "reduce_range": reduce_range, "min_cosine": min_cosine,
+        "per_channel": per_channel, "reduce_range": reduce_range, "min_cosine": min_cosine,
         "activations": activations,
         "measured_worst_cosine": round(measured.worst_cosine, 6), "measured_mean_cosine": round(measured.mean_cosine, 6),
         "label_changes": measured.label_changes, "tied_label_changes": measured.tied_changes,
@@ -269,10 +269,10 @@ class _Candidate:
                                                                          self.weight[self.outliers])])
             extra, x, correction = [masked, gathered, small], masked.outputs[0], small.outputs[0]
         out = node.outputs[0]
-        after, bias = _bias_after(out) if mode != "per_token" else (None, None)
+        after, bias = bias_after(out) if mode != "per_token" else (None, None)
         total = None
         if after is None and switch is None and mode != "per_token":  # residual Sum(y, x, bias) -> Sum(y + bias, x)
-            total, bias = _bias_in_sum(out, self.weight.shape[1])
+            total, bias = bias_in_sum(out, self.weight.shape[1])
         biased = [bias] if bias is not None else []
         if mode == "per_token":  # (the bias stays where it is: MatMulIntegerToFloat would scale it by the row's)
             x_q, x_scale = _per_token_input(graph, node, x, shared)
@@ -425,36 +425,6 @@ def _matches(c: _Candidate, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns for name in (c.label, c.node_name, c.weight_name))
 
 
-def _bias_after(out: ir.Value) -> tuple[ir.Node | None, ir.Value | None]:
-    """The Add(out, bias[N]) or BiasGelu(out, bias[N]) that is out's only use, if any: the bias moves into
-    DynamicQuantizeMatMul's bias input."""
-    uses = list(out.uses())
-    if len(uses) != 1 or out.is_graph_output():
-        return None, None
-    after, index = uses[0].node, uses[0].idx
-    if after.op_type == "Add" and after.domain in ("", "ai.onnx"):
-        bias = after.inputs[1 - index]
-    elif after.op_type == "BiasGelu" and after.domain == MS_DOMAIN and index == 0:
-        bias = after.inputs[1]
-    else:
-        return None, None
-    if bias is None or not bias.is_initializer() or bias.const_value is None or len(bias.shape) != 1:
-        return None, None
-    return after, bias
-
-
-def _bias_in_sum(out: ir.Value, columns: int) -> tuple[ir.Node | None, ir.Value | None]:
-    """The Sum that is out's only reader and adds one constant [columns] vector (a bias) among full-size terms."""
-    total = _only_use(out)
-    if total is None or total.op_type != "Sum" or total.domain not in ("", "ai.onnx"):
-        return None, None
-    biases = [v for v in total.inputs if v is not None and v.const_value is not None and len(v.shape) == 1
-              and v.shape[0] == columns]
-    if len(biases) != 1 or len(total.inputs) < 3 or list(total.inputs).count(out) != 1:
-        return None, None
-    return total, biases[0]
-
-
 def _replace(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     """old.replace_all_uses_with(new); a graph output keeps its place and name."""
     if old.is_graph_output():
@@ -505,7 +475,7 @@ def _route_gelu_outliers(model: ir.Model, pool: list[_Candidate], amax: dict[str
         bias = gelu.inputs[1]
         up = by_node.get(up_node.name) if up_node is not None else None
         if (up is None or bias is None or bias.const_value is None or len(bias.shape) != 1
-                or _only_use(gelu.inputs[0]) is not gelu or _only_use(node.inputs[0]) is not node
+                or only_use(gelu.inputs[0]) is not gelu or only_use(node.inputs[0]) is not node
                 or any(len(v.uses()) != 1 for v in (up_node.inputs[1], node.inputs[1]))):
             continue  # (shared weights, ALBERT-style, would be rewritten for every layer that reads them)
         if peak.max() < ratio * max(float(np.percentile(peak, 99)), 1e-12):
@@ -592,19 +562,11 @@ def _smooth_inputs(model: ir.Model, pool: list[_Candidate], amax: dict[str, np.n
     return smoothed
 
 
-def _only_use(value: ir.Value | None) -> ir.Node | None:
-    """The node that reads `value`, when it is its only reader and `value` is not a graph output."""
-    if value is None or value.is_graph_output():
-        return None
-    uses = list(value.uses())
-    return uses[0].node if len(uses) == 1 else None
-
-
 def _add_to_output(graph: ir.Graph, node: ir.Node, term: ir.Value) -> None:
     """node's output + term, for every reader of node's output: an extra input of the Sum that reads it (the
     residual sum of a fused graph), else an Add after the node."""
     out = node.outputs[0]
-    total = _only_use(out)
+    total = only_use(out)
     if total is not None and total.op_type == "Sum" and total.domain in ("", "ai.onnx"):
         wider = ir.node("Sum", [*total.inputs, term], name=total.name)
         graph.insert_before(total, wider)
@@ -643,7 +605,7 @@ class _Guard:
 
     def __init__(self, model: ir.Model, task: str, encode, pool: list[_Candidate], keep_as: str = "fp32",
                  plain: str = "int8"):
-        self.proto = ir.to_proto(model)  # fp32, attention already split: the base every variant starts from
+        self.proto = ir.to_proto(model)  # fp32, q/k/v as MatMuls: the base every variant starts from
         self.size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
         self.task, self.encode, self.pool, self.keep_as, self.plain = task, encode, pool, keep_as, plain
         self.output_names = [o.name for o in model.graph.outputs]
