@@ -153,6 +153,15 @@ class BertNormalizer(Normalizer):
         return cls(c.get("clean_text", True), c.get("handle_chinese_chars", True), c.get("strip_accents"),
                    c.get("lowercase", True))
 
+    def normalize_in_place(self, text: str) -> str | None:
+        """`text` normalized, where every char stays where it was (ASCII without control chars to remove: the
+        alignments stay the identity), else None. The tokenizer's plain path (`Tokenizer._encode_plain`)."""
+        if not text.isascii() or (self.clean_text and _ASCII_CONTROL_RE.search(text)):
+            return None
+        if self.clean_text and _ASCII_SPACE_RE.search(text):
+            text = _ASCII_SPACE_RE.sub(" ", text)
+        return text.lower() if self.lowercase else text
+
     def normalize(self, n: NormalizedString) -> None:
         if n.normalized.isascii():
             # ASCII needs no chinese-char, accent or Unicode work: a much shorter path.

@@ -317,6 +317,13 @@ class BertPreTokenizer(PreTokenizer):
         pts.split(lambda i, ns: ns.split_nonempty(
             BERT_PIECES_ASCII_RE if ns.normalized.isascii() else BERT_PIECES_RE, "removed"))
 
+    def word_spans(self, text: str) -> list[tuple[int, int]] | None:
+        """The `(start, end)` of each split `pre_tokenize` makes of an ASCII `text` (else None), without
+        building them: the tokenizer's plain path (`Tokenizer._encode_plain`)."""
+        if not text.isascii():
+            return None
+        return [m.span() for m in BERT_PIECES_ASCII_RE.pattern.finditer(text)]  # inverted: the matches are kept
+
 
 class Punctuation(PreTokenizer):
     """Split on each punctuation char with a delimiter behavior (default isolated)."""
