@@ -4,9 +4,9 @@ text): taken where it applies, refused where it does not, and the same encodings
 from __future__ import annotations
 
 import pytest
+from tokenizer_support import TEXTS, encoding_fields, tokenizer_json
 from tokenizers import Tokenizer as LibTokenizer
 
-from tokenizer_support import TEXTS, encoding_fields, tokenizer_json
 from modelkiln.runtime.tokenizer import Tokenizer
 from modelkiln.runtime.tokenizer.tokenizer import _into_encoding
 
