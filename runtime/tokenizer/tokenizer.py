@@ -245,7 +245,7 @@ class Tokenizer:
         """The same Encoding as the full pipeline without its per-split bookkeeping, or None where that does not
         hold: the normalizer leaves every char in place (`normalize_in_place`), the pre-tokenizer can say where
         its splits are (`word_spans`), and no added token occurs. BERT-style tokenizers on ASCII text: the
-        offsets are the spans', and all-MiniLM-L6-v2's tokenizer encodes 32 texts of 20 tokens in 0.6 ms instead
+        offsets are the spans', and all-MiniLM-L6-v2's tokenizer encodes 32 texts of 20 tokens in 0.7 ms instead
         of 1.1 (no NormalizedString per word, one regex pass)."""
         spans_of = getattr(self.pre_tokenizer, "word_spans", None)
         if spans_of is None:
