@@ -37,11 +37,22 @@ DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 def available_cores() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    """Physical cores this process may run on (onnxruntime's default thread count is the physical cores): on Linux
+    the distinct (package, core) pairs of the CPUs in its affinity mask, so SMT siblings count once; elsewhere, or
+    without the topology files, the CPU count."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = os.sched_getaffinity(0)
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            with open(topology + "physical_package_id") as package, open(topology + "core_id") as core:
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:
+            return len(cpus)
+    return len(cores) or len(cpus)
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,14 @@ def test_int8_artifacts_default_to_it(int8_artifact):
         assert cosine > 0.99
     # one thread asked for: nothing to split across
     assert not pipeline("feature-extraction", model=int8_artifact, intra_op_threads=1).model.row_parallel
+
+
+def test_slices_default_to_the_physical_cores():
+    import os
+
+    from modelkiln.runtime.encoder import available_cores
+
+    cores = available_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    art = get_artifact("bert", "feature-extraction")
+    assert pipeline("feature-extraction", model=art).model._slices == cores
