@@ -6,7 +6,8 @@
     rows[1]["logits"].shape                                       # (4, num_labels): trimmed to the row's length
 
 Rows are sorted by length before batching, so each batch pads only to its own longest row (a batch of 32
-short texts with one long one costs one long batch, not 32 long rows); results come back in input order.
+short texts with one long one costs one long batch, not 32 long rows); results come back in input order. int8
+artifacts run a batch as one slice of rows per core (`row_parallel`, see `EncoderModel`).
 numpy + onnxruntime only.
 """
 
@@ -74,8 +75,8 @@ class EncoderModel:
     split-and-wait costs more than the op: all-MiniLM-L6-v2 int8 on 2 cores, graph only, 20 tokens a row, batch 2 /
     4 / 8 / 16 / 32: 2.20 -> 1.62, 3.57 -> 2.44, 6.03 -> 3.92, 10.66 -> 7.13, 16.36 -> 14.92 ms; 128 tokens at batch
     32: 169 -> 160 ms. The fused fp32 graph gains nothing (0.97-1.02x: its GEMMs dominate and split well), so None
-    (the default) means on for int8 artifacts, off for the others. It takes batches of at least one row per core,
-    and the second session (its own copy of the weights) is created at the first such batch. An int8 row's dynamic
+    (the default) means on for int8 artifacts, off for the others; CPU provider only. It takes batches of at least
+    one row per core, and the second session (its own copy of the weights) is created at the first such batch. An int8 row's dynamic
     activation scale is then its slice's rather than its batch's, as it is with a smaller `batch_size`."""
 
     def __init__(self, artifact: Artifact, providers: list[str] | None = None, intra_op_threads: int | None = None,
