@@ -76,7 +76,9 @@ class EncoderModel:
     4 / 8 / 16 / 32: 2.20 -> 1.62, 3.57 -> 2.44, 6.03 -> 3.92, 10.66 -> 7.13, 16.36 -> 14.92 ms; 128 tokens at batch
     32: 169 -> 160 ms. The fused fp32 graph gains nothing (0.97-1.02x: its GEMMs dominate and split well), so None
     (the default) means on for int8 artifacts, off for the others; CPU provider only. It takes batches of at least
-    one row per core, and the second session (its own copy of the weights) is created at the first such batch. An int8 row's dynamic
+    one row per core, and the second session (its own copy of the weights) is created at the first such batch.
+    With right padding each slice is cut to its own longest row (rows come sorted by length), so a batch of mixed
+    lengths pads less. An int8 row's dynamic
     activation scale is then its slice's rather than its batch's, as it is with a smaller `batch_size`."""
 
     def __init__(self, artifact: Artifact, providers: list[str] | None = None, intra_op_threads: int | None = None,
@@ -208,11 +210,30 @@ class EncoderModel:
                                                    self.artifact.precision, DISABLED_OPTIMIZERS)
                 self._row_pool = ThreadPoolExecutor(self._slices - 1, thread_name_prefix="modelkiln-rows")
         bounds = np.linspace(0, rows, self._slices + 1).astype(int)
-        feeds = [{k: v[a:b] for k, v in feed.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+        mask = feed["attention_mask"]
+        width = mask.shape[1]
+        trim = self.tokenizer.padding_side != "left"  # (left pads come first: trimming them would move positions)
+        feeds = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            # rows come sorted by length: a slice pads only to its own longest row
+            own = int(mask[a:b].sum(axis=1).max()) if trim else width
+            feeds.append({k: v[a:b, :own] for k, v in feed.items()})
         futures = [self._row_pool.submit(self._row_session.run, self.output_names, f) for f in feeds[:-1]]
         last = self._row_session.run(self.output_names, feeds[-1])
         parts = [f.result() for f in futures] + [last]
-        return [np.concatenate([part[i] for part in parts]) for i in range(len(self.output_names))]
+        outputs = []
+        for i, name in enumerate(self.output_names):
+            pieces = [part[i] for part in parts]
+            if name in self._per_token and any(p.shape[1] < width for p in pieces):
+                # positions past a slice's own width are padding, which no caller reads (`run` trims each row
+                # to its length, `run_batches` callers reduce under the mask): zeros there
+                full = np.zeros((rows, width, *pieces[0].shape[2:]), dtype=pieces[0].dtype)
+                for (a, b), p in zip(zip(bounds[:-1], bounds[1:]), pieces):
+                    full[a:b, :p.shape[1]] = p
+                outputs.append(full)
+            else:
+                outputs.append(np.concatenate(pieces))
+        return outputs
 
 
 class EncoderPipeline(abc.ABC):

@@ -35,6 +35,22 @@ def test_fp32_rows_come_back_the_same_and_in_order(slices):
     for e, g in zip(expected, got):
         assert e.shape == g.shape
         np.testing.assert_allclose(g, e, atol=1e-6, rtol=1e-6)
+    # each slice is cut to its own longest row: the shorter slices run narrower than the batch
+    session, widths = split.model._row_session, []
+
+    class Recording:
+        def run(self, names, feed):
+            widths.append(feed["input_ids"].shape[1])
+            return session.run(names, feed)
+
+    split.model._row_session = Recording()
+    again = split(TEXTS, batch_size=7, return_tensors=True)
+    assert len(widths) == slices and min(widths) < max(widths) == max(e.shape[1] for e in expected)
+    for e, g in zip(expected, again):
+        np.testing.assert_allclose(g, e, atol=1e-6, rtol=1e-6)
+    embedder = [pipeline("sentence-similarity", model=get_artifact("minilm", "sentence-similarity"),
+                         intra_op_threads=slices, row_parallel=on) for on in (False, True)]
+    np.testing.assert_allclose(embedder[1].encode(TEXTS), embedder[0].encode(TEXTS), atol=1e-6)
     clf_art = get_artifact("bert", "text-classification")
     clf = [pipeline("text-classification", model=clf_art, intra_op_threads=slices, row_parallel=on)
            for on in (False, True)]
