@@ -14,6 +14,7 @@ numpy + onnxruntime only.
 from __future__ import annotations
 
 import abc
+import functools
 import os
 import threading
 import warnings
@@ -37,10 +38,11 @@ ENCODER_TASKS = ("feature-extraction", "sentence-similarity", "text-classificati
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
+@functools.cache
 def available_cores() -> int:
     """Physical cores this process may run on (onnxruntime's default thread count is the physical cores): on Linux
     the distinct (package, core) pairs of the CPUs in its affinity mask, so SMT siblings count once; elsewhere, or
-    without the topology files, the CPU count."""
+    without the topology files, the CPU count. Read once per process, not at every model load."""
     try:
         cpus = os.sched_getaffinity(0)
     except AttributeError:  # macOS, Windows
@@ -78,8 +80,8 @@ class EncoderModel:
     (the default) means on for int8 artifacts, off for the others; CPU provider only. It takes batches of at least
     one row per core, and the second session (its own copy of the weights) is created at the first such batch.
     With right padding each slice is cut to its own longest row (rows come sorted by length), so a batch of mixed
-    lengths pads less. An int8 row's dynamic
-    activation scale is then its slice's rather than its batch's, as it is with a smaller `batch_size`."""
+    lengths pads less. An int8 row's dynamic activation scale is then its slice's rather than its batch's, as it is
+    with a smaller `batch_size`."""
 
     def __init__(self, artifact: Artifact, providers: list[str] | None = None, intra_op_threads: int | None = None,
                  row_parallel: bool | None = None):
@@ -210,14 +212,12 @@ class EncoderModel:
                                                    self.artifact.precision, DISABLED_OPTIMIZERS)
                 self._row_pool = ThreadPoolExecutor(self._slices - 1, thread_name_prefix="modelkiln-rows")
         bounds = np.linspace(0, rows, self._slices + 1).astype(int)
-        mask = feed["attention_mask"]
-        width = mask.shape[1]
+        slices = list(zip(bounds[:-1], bounds[1:]))
+        lengths = feed["attention_mask"].sum(axis=1)
+        width = feed["attention_mask"].shape[1]
         trim = self.tokenizer.padding_side != "left"  # (left pads come first: trimming them would move positions)
-        feeds = []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            # rows come sorted by length: a slice pads only to its own longest row
-            own = int(mask[a:b].sum(axis=1).max()) if trim else width
-            feeds.append({k: v[a:b, :own] for k, v in feed.items()})
+        # rows come sorted by length: a slice pads only to its own longest row
+        feeds = [{k: v[a:b, :int(lengths[a:b].max()) if trim else width] for k, v in feed.items()} for a, b in slices]
         futures = [self._row_pool.submit(self._row_session.run, self.output_names, f) for f in feeds[:-1]]
         last = self._row_session.run(self.output_names, feeds[-1])
         parts = [f.result() for f in futures] + [last]
@@ -228,7 +228,7 @@ class EncoderModel:
                 # positions past a slice's own width are padding, which no caller reads (`run` trims each row
                 # to its length, `run_batches` callers reduce under the mask): zeros there
                 full = np.zeros((rows, width, *pieces[0].shape[2:]), dtype=pieces[0].dtype)
-                for (a, b), p in zip(zip(bounds[:-1], bounds[1:]), pieces):
+                for (a, b), p in zip(slices, pieces):
                     full[a:b, :p.shape[1]] = p
                 outputs.append(full)
             else:

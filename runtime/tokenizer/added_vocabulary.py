@@ -264,6 +264,12 @@ class AddedVocabulary:
                 pieces.append((piece, [Token(tid, piece.normalized, (0, len(piece.normalized)))]))
         return pieces
 
+    def occurs_in(self, sequence: str, normalized: str) -> bool:
+        """Whether an added token would be split out: one with `normalized=False` in the raw `sequence`, or one
+        with `normalized=True` in its `normalized` form (the searches `extract_and_normalize` starts with)."""
+        raw, after = self._split.pattern, self._split_normalized.pattern
+        return bool((raw is not None and raw.search(sequence)) or (after is not None and after.search(normalized)))
+
     def extract_and_normalize(self, normalizer, sequence: str) -> PreTokenizedString:
         """Split `sequence` on added tokens and normalize the rest, the library's way.
 

@@ -158,6 +158,10 @@ class BertNormalizer(Normalizer):
         alignments stay the identity), else None. The tokenizer's plain path (`Tokenizer._encode_plain`)."""
         if not text.isascii() or (self.clean_text and _ASCII_CONTROL_RE.search(text)):
             return None
+        return self._ascii_chars(text)
+
+    def _ascii_chars(self, text: str) -> str:
+        """ASCII `text` without control chars: whitespace to " " (clean_text) and lowercase, char for char."""
         if self.clean_text and _ASCII_SPACE_RE.search(text):
             text = _ASCII_SPACE_RE.sub(" ", text)
         return text.lower() if self.lowercase else text
@@ -165,13 +169,9 @@ class BertNormalizer(Normalizer):
     def normalize(self, n: NormalizedString) -> None:
         if n.normalized.isascii():
             # ASCII needs no chinese-char, accent or Unicode work: a much shorter path.
-            if self.clean_text:
-                if _ASCII_CONTROL_RE.search(n.normalized):
-                    n.filter(lambda c: not _ASCII_CONTROL_RE.match(c))
-                if _ASCII_SPACE_RE.search(n.normalized):
-                    n.normalized = _ASCII_SPACE_RE.sub(" ", n.normalized)
-            if self.lowercase:
-                n.normalized = n.normalized.lower()
+            if self.clean_text and _ASCII_CONTROL_RE.search(n.normalized):
+                n.filter(lambda c: not _ASCII_CONTROL_RE.match(c))
+            n.normalized = self._ascii_chars(n.normalized)
             return
         if self.clean_text:
             if _BERT_REMOVED_RE.search(n.normalized):

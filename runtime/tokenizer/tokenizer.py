@@ -257,9 +257,7 @@ class Tokenizer:
             normalized = in_place(text) if in_place is not None else None
             if normalized is None:
                 return None
-        added = self.added_vocabulary
-        raw, after = added._split.pattern, added._split_normalized.pattern
-        if (raw is not None and raw.search(text)) or (after is not None and after.search(normalized)):
+        if self.added_vocabulary.occurs_in(text, normalized):
             return None
         spans = spans_of(normalized)
         if spans is None:
